@@ -1,0 +1,13 @@
+# Open MPI settings for one node (sourced by jobs/*.sh and the venv's activate).
+# Root is allowed (containers, this CI); oversubscription lets tests run 4 ranks
+# on 2 cores; self,vader avoids slow probing of network transports; on a real
+# cluster the site's own MCA settings (or these, with tcp/ucx added) apply.
+if [ "$(id -u)" -eq 0 ]; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+export OMPI_MCA_rmaps_base_oversubscribe=${OMPI_MCA_rmaps_base_oversubscribe:-1}
+export OMPI_MCA_btl=${OMPI_MCA_btl:-self,vader}
+export OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
+export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
+export H5PY_ALWAYS_USE_MPI=${H5PY_ALWAYS_USE_MPI:-1}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

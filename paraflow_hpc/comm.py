@@ -1,0 +1,149 @@
+"""MPI plumbing shared by every method.
+
+The library never reaches for ``MPI.COMM_WORLD``: every function takes the
+communicator it works on, so the same code runs on a sub-communicator and in
+tests. Only the command-line entry point (``cli.py``) picks the world.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+
+import numpy as np
+from mpi4py import MPI
+
+
+def abort_on_uncaught_exception(comm) -> None:
+    """An exception on one rank must end every rank, never leave them waiting in a collective."""
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        sys.stderr.write(f"[rank {comm.rank}] uncaught exception, aborting all {comm.size} ranks:\n")
+        traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
+        sys.stderr.flush()
+        if comm.size > 1:
+            comm.Abort(1)
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
+
+
+def mpi_library_version() -> str:
+    """First line of the MPI library's version string (which may end in NUL bytes)."""
+    return MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0]
+
+
+def check_launch(comm) -> None:
+    """Under srun without PMI, Open MPI silently starts singletons: refuse that."""
+    expected = os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("PMI_SIZE")
+    if expected is None and "SLURM_STEP_NUM_TASKS" in os.environ:
+        expected = os.environ["SLURM_STEP_NUM_TASKS"]
+    if expected and expected.isdigit() and int(expected) != comm.size:
+        raise RuntimeError(
+            f"the launcher asked for {expected} ranks but MPI sees {comm.size}: "
+            "under srun use --mpi=pmix (Open MPI) or --mpi=pmi2 (MPICH), or launch with mpirun")
+
+
+def local_rank(comm) -> int:
+    """Rank among the processes sharing this node (for one-GPU-per-rank binding)."""
+    for var in ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.rank
+    finally:
+        node.Free()
+
+
+def torch_device(comm, prefer: str = "auto"):
+    """One GPU per rank by local rank when GPUs exist, the CPU otherwise."""
+    import torch
+
+    if prefer == "cpu" or (prefer == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device={prefer!r} asked for but torch sees no CUDA device; use device=cpu")
+    return torch.device("cuda", local_rank(comm) % torch.cuda.device_count())
+
+
+class Timers:
+    """Per-rank wall-clock accounting by category (compute kinds vs waiting for messages)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def as_dict(self) -> dict[str, float]:
+        return {**self.seconds, "total": self.elapsed()}
+
+
+class Progress:
+    """Rank 0 prints progress lines; every other rank (and --quiet) stays silent."""
+
+    def __init__(self, comm, quiet: bool = False, stream=None):
+        self.enabled = comm.rank == 0 and not quiet
+        self.stream = stream or sys.stdout
+        self.t0 = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"[{time.perf_counter() - self.t0:8.2f}s] {message}", file=self.stream, flush=True)
+
+
+def block_partition(n_items: int, size: int, rank: int) -> tuple[int, int]:
+    """Contiguous block [start, stop) of ``n_items`` owned by ``rank``; sizes differ by at most one."""
+    base, extra = divmod(n_items, size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def allgather_per_rank(comm, per_rank: dict[str, float]) -> dict[str, np.ndarray]:
+    """Every rank's scalars (timings, counters), one array entry per rank, union of the names."""
+    gathered = comm.allgather(per_rank)
+    names = sorted(set().union(*gathered))
+    return {name: np.array([t.get(name, 0.0) for t in gathered]) for name in names}
+
+
+class StopRequest:
+    """Preemption: a signal only sets a flag; ranks agree on it at the next safe point.
+
+    Ranks see a signal at different moments (Slurm may deliver it to each rank
+    separately), so acting on it locally would desynchronise collectives.
+    """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self):
+        self.flag = False
+        self.signal_name = ""
+
+    def install(self) -> "StopRequest":
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.flag = True
+        self.signal_name = signal.Signals(signum).name
+
+    def agreed(self, comm) -> bool:
+        return bool(comm.allreduce(int(self.flag), op=MPI.MAX))

@@ -1,0 +1,158 @@
+"""Run configuration: a TOML file plus ``--key value`` overrides, validated up front.
+
+Each method declares a dataclass of options (subclassing :class:`RunConfig`);
+field metadata may carry ``choices`` and a ``help`` string. Every rank parses and
+validates the same input, so a bad config fails on every rank with the same
+message, before any communication that could hang.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """Bad user input; the message names the bad key/value and what is allowed."""
+
+
+def option(default, help: str = "", choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class RunConfig:
+    """Options every method run shares."""
+
+    output: str = option("", "result HDF5 file (default: results/<method>-<problem>.h5)")
+    checkpoint: str = option("", "checkpoint file (default: <output stem>.ckpt.h5)")
+    checkpoint_every: int = option(0, "write a checkpoint every k iterations (0: never)")
+    restart: str = option("", "continue from this checkpoint file")
+    quiet: bool = option(False, "rank 0 prints no progress")
+    seed: int = option(0, "random seed")
+
+    method = "run"
+
+    def validate(self, comm_size: int) -> None:
+        """Method-specific checks; subclasses extend and call super()."""
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every = {self.checkpoint_every}: must be >= 0 (0 disables)")
+
+    def default_output(self) -> str:
+        name = getattr(self, "problem", None)
+        return os.path.join("results", f"{self.method}-{name}.h5" if name else f"{self.method}.h5")
+
+    def resolve_paths(self) -> None:
+        if not self.output:
+            self.output = self.default_output()
+        if not self.checkpoint:
+            stem = self.output[:-3] if self.output.endswith(".h5") else self.output
+            self.checkpoint = stem + ".ckpt.h5"
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, raw, typ, choices):
+    origin = typing.get_origin(typ)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                value = raw
+            elif str(raw).lower() in ("1", "true", "yes", "on"):
+                value = True
+            elif str(raw).lower() in ("0", "false", "no", "off"):
+                value = False
+            else:
+                raise ValueError
+        elif typ is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            value = int(raw) if not isinstance(raw, str) else int(raw, 0)
+        elif typ is float:
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} = {raw!r}: must be a finite number")
+        elif typ is str:
+            value = str(raw)
+        elif typing.get_origin(typ) is list:
+            inner = typing.get_args(typ)[0]
+            items = raw if isinstance(raw, list) else [s for s in str(raw).split(",") if s.strip()]
+            value = [_coerce(name, item, inner, None) for item in items]
+        else:
+            raise TypeError(f"option {name}: unsupported type {typ}")
+    except (ValueError, TypeError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{name} = {raw!r}: expected {getattr(typ, '__name__', typ)}") from None
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{name} = {value!r} is not allowed; choose one of: {', '.join(map(str, choices))}")
+    return value
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """``--key value`` / ``--key=value`` / ``--flag`` pairs; dashes in keys become underscores."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"unexpected argument {arg!r}: options are given as --key value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            else:
+                value = "true"
+        out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+def build_config(cls, config_file: str | None, overrides: dict[str, object], comm_size: int):
+    """TOML file (flat, or with a table named after the method) updated by overrides, then validated."""
+    values: dict[str, object] = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config_file!r} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {config_file!r} is not valid TOML: {err}") from None
+        values.update(data.pop(cls.method, {}) if isinstance(data.get(cls.method), dict) else {})
+        values.update(data)
+    values.update(overrides)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, raw in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown option {key!r} for {cls.method}; allowed: {', '.join(sorted(fields))}")
+        kwargs[key] = _coerce(key, raw, hints[key], fields[key].metadata.get("choices"))
+    cfg = cls(**kwargs)
+    cfg.validate(comm_size)
+    cfg.resolve_paths()
+    return cfg
+
+
+def describe(cls) -> str:
+    """Help text listing a method's options with defaults."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        extra = f" (one of: {', '.join(map(str, choices))})" if choices else ""
+        lines.append(f"  --{f.name.replace('_', '-'):<22} {f.metadata.get('help', '')}{extra} [default: {f.default!r}]")
+    return "\n".join(lines)
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

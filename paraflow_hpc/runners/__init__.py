@@ -1,0 +1,4 @@
+"""One module per method for ``paraflow-hpc run METHOD``; each has ``Config`` and ``main(cfg, comm)``."""
+RUNNERS = {
+    "parareal": "paraflow_hpc.runners.parareal",
+}

@@ -1,0 +1,124 @@
+"""``paraflow-hpc run parareal``: options, problem and propagators from the config, HDF5 out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from mpi4py import MPI
+
+from ..algorithms.parareal import PararealState, parareal, serial_fine, subinterval_bounds
+from ..comm import Progress, Timers
+from ..config import ConfigError, RunConfig, option, require
+from ..io.results import write_result
+from ..problems.ode import ODE_PROBLEMS
+from ..propagators import PROPAGATORS, make_propagator
+from .common import EXIT_PREEMPTED, CheckpointHook
+
+
+@dataclass
+class Config(RunConfig):
+    method = "parareal"
+    problem: str = option("lorenz", "initial value problem", choices=sorted(ODE_PROBLEMS))
+    t0: Optional[float] = option(None, "start time (default: the problem's)")
+    tf: Optional[float] = option(None, "end time (default: the problem's)")
+    intervals: int = option(180, "number of time subintervals N (a whole multiple of the ranks is best)")
+    coarse: str = option("rk4", "coarse propagator G", choices=["euler", "rk4"])
+    coarse_steps: int = option(1, "steps of G per subinterval")
+    fine: str = option("rk4", "fine propagator F", choices=list(PROPAGATORS))
+    fine_steps: int = option(80, "steps of F per subinterval (euler/rk4)")
+    fine_rtol: float = option(1e-10, "relative tolerance of F (rk45/dop853)")
+    fine_atol: float = option(1e-12, "absolute tolerance of F (rk45/dop853)")
+    tol: float = option(1e-10, "stop when the max-norm update of all boundaries is <= tol")
+    k_max: int = option(0, "iteration limit (0: N, where Parareal is exact)")
+    reference: bool = option(True, "compute the serial fine solution to record the error per iteration")
+
+    def validate(self, comm_size: int) -> None:
+        super().validate(comm_size)
+        problem = ODE_PROBLEMS[self.problem]
+        t0 = problem.t0 if self.t0 is None else self.t0
+        tf = problem.tf if self.tf is None else self.tf
+        require(tf > t0, f"tf = {tf} must be greater than t0 = {t0}")
+        require(self.intervals >= 1, f"intervals = {self.intervals}: must be >= 1")
+        require(self.intervals >= comm_size,
+                f"intervals = {self.intervals} is smaller than the {comm_size} MPI ranks; "
+                f"use intervals >= {comm_size} or fewer ranks")
+        for key in ("coarse_steps", "fine_steps"):
+            require(getattr(self, key) >= 1, f"{key} = {getattr(self, key)}: must be >= 1")
+        for key in ("fine_rtol", "fine_atol"):
+            require(getattr(self, key) > 0, f"{key} = {getattr(self, key)}: must be > 0")
+        require(self.tol >= 0, f"tol = {self.tol}: must be >= 0")
+        require(self.k_max >= 0, f"k_max = {self.k_max}: must be >= 0 (0 means N)")
+        if self.fine in ("euler", "rk4") and self.fine == self.coarse and self.fine_steps <= self.coarse_steps:
+            raise ConfigError(f"fine_steps = {self.fine_steps} must exceed coarse_steps = {self.coarse_steps} "
+                              "when F and G are the same method, or F is no finer than G")
+
+    def identity(self) -> dict:
+        """The options that define the solution: a checkpoint must match them to be resumed."""
+        keys = ("problem", "t0", "tf", "intervals", "coarse", "coarse_steps", "fine", "fine_steps",
+                "fine_rtol", "fine_atol", "tol", "k_max", "reference")
+        return {key: getattr(self, key) for key in keys}
+
+
+def main(cfg: Config, comm) -> int:
+    progress = Progress(comm, cfg.quiet)
+    problem = ODE_PROBLEMS[cfg.problem]()
+    t0 = problem.t0 if cfg.t0 is None else cfg.t0
+    tf = problem.tf if cfg.tf is None else cfg.tf
+    times = subinterval_bounds(t0, tf, cfg.intervals)
+    coarse = make_propagator(cfg.coarse, problem.f, cfg.coarse_steps)
+    fine = make_propagator(cfg.fine, problem.f, cfg.fine_steps, cfg.fine_rtol, cfg.fine_atol)
+    y0 = problem.y0()
+    progress(f"Parareal on {comm.size} ranks: {problem.name}, t in [{t0}, {tf}], N = {cfg.intervals}, "
+             f"G = {coarse.describe()}, F = {fine.describe()}")
+
+    reference, serial_seconds = None, float("nan")
+    if cfg.reference:
+        ref_timers = Timers()
+        comm.Barrier()
+        reference = serial_fine(comm, fine, y0, times, ref_timers)
+        comm.Barrier()
+        serial_seconds = comm.allreduce(ref_timers.elapsed(), op=MPI.MAX)
+        progress(f"serial fine solution: {serial_seconds:.3f} s")
+
+    hook = CheckpointHook(comm, cfg, "parareal", cfg.identity(), progress)
+    resume = None
+    if cfg.restart:
+        meta, arrays, root = hook.load(cfg.restart)
+        resume = PararealState(int(meta["iteration"]), arrays["boundaries"], arrays["coarse_old"],
+                               arrays["fine"], list(root["jumps"]), list(root["errors"]))
+        progress(f"restarting from {cfg.restart} after iteration {resume.k}")
+
+    def after_iteration(state: PararealState) -> bool:
+        return hook(state.k, lambda: {"boundaries": state.boundaries, "coarse_old": state.coarse_old,
+                                      "fine": state.fine},
+                    lambda: {"jumps": np.array(state.jumps), "errors": np.array(state.errors)})
+
+    problem.nfev = 0
+    comm.Barrier()
+    run_timers = Timers()
+    result = parareal(comm, coarse, fine, y0, times, tol=cfg.tol, k_max=cfg.k_max or cfg.intervals,
+                      reference=reference, resume=resume, after_iteration=after_iteration, progress=progress)
+    comm.Barrier()
+    parareal_seconds = comm.allreduce(run_timers.elapsed(), op=MPI.MAX)
+    if result.interrupted:
+        progress(f"stopped after iteration {result.iterations}; resume with --restart {cfg.checkpoint}")
+        return EXIT_PREEMPTED
+
+    counters = {"fine_calls": result.fine_calls, "coarse_calls": result.coarse_calls, "rhs_evaluations": problem.nfev}
+    write_result(
+        comm, cfg.output, method="parareal", config=cfg.as_dict(),
+        history={"update_norm": np.array(result.jumps, dtype=float), "error": np.array(result.errors, dtype=float)},
+        timings=result.timings, counters=counters,
+        solution={"boundaries": result.boundaries},
+        data={"times": times, "y0": y0},
+        attrs={"iterations": result.iterations, "converged": result.converged,
+               "serial_fine_seconds": serial_seconds, "parareal_seconds": parareal_seconds,
+               "speedup": serial_seconds / parareal_seconds, "restarted_from": cfg.restart})
+    final = comm.bcast(result.boundaries[-1] if comm.rank == comm.size - 1 else None, root=comm.size - 1)
+    progress(f"done: {result.iterations} iterations, converged = {result.converged}, "
+             f"final error vs serial fine = {result.errors[-1] if result.errors else float('nan'):.3e}, "
+             f"time {parareal_seconds:.3f} s (serial fine {serial_seconds:.3f} s)")
+    progress(f"y({tf}) = {np.array2string(final, precision=8)}; result written to {cfg.output}")
+    return 0
+
