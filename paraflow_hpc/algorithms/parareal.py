@@ -143,7 +143,8 @@ def parareal(comm, coarse: Callable, fine: Callable, y0: np.ndarray, times: np.n
                     calls["coarse"] += 1
                 new = g + (state.fine[i] - state.coarse_old[i])
                 state.coarse_old[i] = g
-            jump = max(jump, float(np.max(np.abs(new - U[i + 1]))))
+            change = float(np.max(np.abs(new - U[i + 1])))
+            jump = max(jump, change) if np.isfinite(change) else np.inf
             U[i + 1] = new
         if not last and b >= k:
             with timers("send"):
@@ -175,6 +176,10 @@ def parareal(comm, coarse: Callable, fine: Callable, y0: np.ndarray, times: np.n
             run_fine(state)  # speculative: overlaps the later ranks' coarse sweeps
         with timers("wait"):
             request.Wait()
+        if not np.isfinite(total[0]):  # every rank sees the same reduced value, so all raise
+            raise FloatingPointError(
+                f"Parareal diverged in iteration {state.k} (non-finite update): the coarse or fine "
+                "propagator is unstable at this step size; increase coarse_steps / fine_steps or intervals")
         state.jumps.append(float(total[0]))
         state.errors.append(float(total[1]))
         converged = total[0] <= tol or state.k >= n_intervals

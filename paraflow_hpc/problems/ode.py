@@ -95,7 +95,7 @@ class Heat1D(ODEProblem):
     name = "heat"
     tf = 0.1
 
-    def __init__(self, n_points=63, nu=1.0):
+    def __init__(self, n_points=31, nu=1.0):
         super().__init__()
         self.x = np.linspace(0.0, 1.0, n_points + 2)[1:-1]
         h = 1.0 / (n_points + 1)

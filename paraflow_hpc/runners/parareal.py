@@ -1,6 +1,7 @@
 """``paraflow-hpc run parareal``: options, problem and propagators from the config, HDF5 out."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,7 +30,7 @@ class Config(RunConfig):
     fine_steps: int = option(80, "steps of F per subinterval (euler/rk4)")
     fine_rtol: float = option(1e-10, "relative tolerance of F (rk45/dop853)")
     fine_atol: float = option(1e-12, "absolute tolerance of F (rk45/dop853)")
-    tol: float = option(1e-10, "stop when the max-norm update of all boundaries is <= tol")
+    tol: float = option(1e-8, "stop when the max-norm update of all boundaries is <= tol")
     k_max: int = option(0, "iteration limit (0: N, where Parareal is exact)")
     reference: bool = option(True, "compute the serial fine solution to record the error per iteration")
 
@@ -97,8 +98,13 @@ def main(cfg: Config, comm) -> int:
     problem.nfev = 0
     comm.Barrier()
     run_timers = Timers()
-    result = parareal(comm, coarse, fine, y0, times, tol=cfg.tol, k_max=cfg.k_max or cfg.intervals,
-                      reference=reference, resume=resume, after_iteration=after_iteration, progress=progress)
+    try:
+        result = parareal(comm, coarse, fine, y0, times, tol=cfg.tol, k_max=cfg.k_max or cfg.intervals,
+                          reference=reference, resume=resume, after_iteration=after_iteration,
+                          progress=progress)
+    except FloatingPointError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
     comm.Barrier()
     parareal_seconds = comm.allreduce(run_timers.elapsed(), op=MPI.MAX)
     if result.interrupted:

@@ -1,0 +1,231 @@
+"""The ParaFlow paper's training problems: fully connected sigmoid networks, loss (1).
+
+    L(W) = sum_i L_i(W)  or  1/N sum_i L_i(W),   L_i(W) = 1/2 || P_i y(x_i) - P_i a^[L](x_i; W) ||^2
+
+A problem is a small class: ``n_params`` (the flat parameter vector W in R^d), a
+per-sample loss ``sample_loss(W, i)`` written for ONE sample and vectorised with
+``torch.func.vmap``, and the data. Per-sample gradients are ``vmap(grad(...))``;
+every gradient this module returns is the reduction of such per-sample gradients,
+and ``gradient_evaluations`` counts them (one per sample), which is the budget the
+paper's tables compare at.
+
+To add a problem: subclass :class:`NetworkProblem`, set ``layers`` and the data in
+``__init__``, override ``sample_losses`` if P_i is not the identity, and add the
+class to ``PROBLEMS``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.func import grad, grad_and_value, hessian, vmap
+
+DTYPE = torch.float64
+
+
+class NetworkProblem:
+    """A fully connected sigmoid network a^[l] = sigma(W^[l] a^[l-1] + b^[l]) on a fixed data set."""
+
+    name = "network"
+    layers: list[int] = []
+    default_reduction = "sum"
+
+    def __init__(self, reduction: str | None = None, device="cpu"):
+        self.reduction = reduction or self.default_reduction
+        if self.reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction = {self.reduction!r}: choose 'sum' or 'mean'")
+        self.device = torch.device(device)
+        self.shapes = [(n_out, n_in) for n_in, n_out in zip(self.layers[:-1], self.layers[1:])]
+        self.n_params = sum(o * i + o for o, i in self.shapes)
+        self.gradient_evaluations = 0     # per-sample gradients: the budget
+        self.loss_evaluations = 0         # per-sample losses computed without a gradient
+
+    # --- network -----------------------------------------------------------------
+    def unflatten(self, W):
+        out, start = [], 0
+        for n_out, n_in in self.shapes:
+            weight = W[start:start + n_out * n_in].reshape(n_out, n_in)
+            start += n_out * n_in
+            out.append((weight, W[start:start + n_out]))
+            start += n_out
+        return out
+
+    def network(self, W, x):
+        """a^[L](x; W) for one input x (shape (I,)); vmap batches it."""
+        a = x
+        for weight, bias in self.unflatten(W):
+            a = torch.sigmoid(weight @ a + bias)
+        return a
+
+    def initial_weights(self, seed: int) -> torch.Tensor:
+        """Xavier-normal weights (std sqrt(2/(n_in+n_out))), zero biases; seeded."""
+        gen = torch.Generator().manual_seed(seed)
+        parts = []
+        for n_out, n_in in self.shapes:
+            std = math.sqrt(2.0 / (n_in + n_out))
+            parts += [torch.randn(n_out * n_in, generator=gen, dtype=DTYPE) * std, torch.zeros(n_out, dtype=DTYPE)]
+        return torch.cat(parts).to(self.device)
+
+    # --- data and loss -----------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def sample_loss(self, W, x, y):
+        """L_i for one sample (P_i = identity)."""
+        r = y - self.network(W, x)
+        return 0.5 * torch.dot(r, r)
+
+    def _scale(self, count: int) -> float:
+        return 1.0 if self.reduction == "sum" else 1.0 / self.n_samples
+
+    def _groups(self, idx: torch.Tensor):
+        """(per-sample function, its arguments) groups covering the samples ``idx``."""
+        return [(self.sample_loss, (self.inputs[idx], self.targets[idx]))]
+
+    def value_and_grad(self, W, idx: torch.Tensor | None = None):
+        """(L_idx(W), grad L_idx(W)) as the reduction of per-sample gradients (vmap + grad).
+
+        ``idx=None`` is the full batch. The scale is the problem's reduction: a sum
+        over the samples, or the sum divided by N (never by the batch size), so a
+        mini-batch gradient is an unbiased estimate of the full one up to N/|idx|.
+        """
+        idx = self.all_indices() if idx is None else idx
+        value = torch.zeros((), dtype=DTYPE, device=self.device)
+        gradient = torch.zeros_like(W)
+        for fn, args in self._groups(idx):
+            if args[0].shape[0] == 0:
+                continue
+            grads, values = vmap(grad_and_value(fn), in_dims=(None,) + (0,) * len(args))(W, *args)
+            gradient = gradient + grads.sum(0)
+            value = value + values.sum()
+        self.gradient_evaluations += int(idx.shape[0])
+        scale = self._scale(int(idx.shape[0]))
+        return float(value) * scale, gradient * scale
+
+    def loss(self, W, idx: torch.Tensor | None = None) -> float:
+        """L_idx(W) without a gradient (counted apart from the budget)."""
+        idx = self.all_indices() if idx is None else idx
+        value = torch.zeros((), dtype=DTYPE, device=self.device)
+        with torch.no_grad():
+            for fn, args in self._groups(idx):
+                if args[0].shape[0] == 0:
+                    continue
+                value = value + vmap(fn, in_dims=(None,) + (0,) * len(args))(W, *args).sum()
+        self.loss_evaluations += int(idx.shape[0])
+        return float(value) * self._scale(int(idx.shape[0]))
+
+    def per_sample_gradients(self, W, idx: torch.Tensor) -> torch.Tensor:
+        """The (|idx|, d) matrix of per-sample gradients grad L_i(W), unscaled (PINN: boundary rows first)."""
+        rows = []
+        for fn, args in self._groups(idx):
+            if args[0].shape[0]:
+                rows.append(vmap(grad(fn), in_dims=(None,) + (0,) * len(args))(W, *args))
+        self.gradient_evaluations += int(idx.shape[0])
+        return torch.cat(rows)
+
+    def all_indices(self) -> torch.Tensor:
+        return torch.arange(self.n_samples, device=self.device)
+
+    def _tensor(self, array) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array), dtype=DTYPE, device=self.device)
+
+
+class Classification(NetworkProblem):
+    """[2,3,3,2] on the 10 points of Higham & Higham (2019): 5 of class A ([1,0]), 5 of class B ([0,1])."""
+
+    name = "classification"
+    layers = [2, 3, 3, 2]
+    default_reduction = "sum"
+
+    def __init__(self, reduction=None, device="cpu"):
+        super().__init__(reduction, device)
+        x1 = [0.1, 0.3, 0.1, 0.6, 0.4, 0.6, 0.5, 0.9, 0.4, 0.7]
+        x2 = [0.1, 0.4, 0.5, 0.9, 0.2, 0.3, 0.6, 0.2, 0.4, 0.6]
+        self.inputs = self._tensor(np.column_stack([x1, x2]))
+        self.targets = self._tensor([[1.0, 0.0]] * 5 + [[0.0, 1.0]] * 5)
+
+    def initial_weights(self, seed: int) -> torch.Tensor:
+        """Higham & Higham's initialisation: every weight and bias 0.5 * N(0, 1)."""
+        gen = torch.Generator().manual_seed(seed)
+        return (0.5 * torch.randn(self.n_params, generator=gen, dtype=DTYPE)).to(self.device)
+
+
+class Approximation(NetworkProblem):
+    """[1,16,16,1] fitting f(x) = exp(-x) sin(x) on 30 equispaced points of [0, 10]."""
+
+    name = "approximation"
+    layers = [1, 16, 16, 1]
+    default_reduction = "sum"
+
+    def __init__(self, reduction=None, device="cpu"):
+        super().__init__(reduction, device)
+        x = np.linspace(0.0, 10.0, 30)
+        self.inputs = self._tensor(x[:, None])
+        self.targets = self._tensor((np.exp(-x) * np.sin(x))[:, None])
+
+
+class PoissonPINN(NetworkProblem):
+    """[2,50,50,50,50,1] PINN for -Lap u = 1 on the L-shape (-1,1)^2 minus [0,1)^2, u = 0 on the boundary.
+
+    Samples 0..n_boundary-1 are boundary points (P_i = trace: L_i = u^2/2), the rest interior
+    points (P_i = Laplacian: L_i = (Lap u + 1)^2/2). Boundary points are equispaced along the
+    perimeter (length 8); interior points are uniform random (fixed data seed 0, independent of
+    the initialisation seed), rejected outside the L-shape.
+    """
+
+    name = "pinn"
+    layers = [2, 50, 50, 50, 50, 1]
+    default_reduction = "mean"
+    n_boundary, n_interior = 120, 1320
+
+    def __init__(self, reduction=None, device="cpu"):
+        super().__init__(reduction, device)
+        self.inputs = self._tensor(np.vstack([self.boundary_points(self.n_boundary),
+                                              self.interior_points(self.n_interior)]))
+        self.targets = torch.zeros(self.n_samples, 1, dtype=DTYPE, device=self.device)
+
+    @staticmethod
+    def boundary_points(count: int) -> np.ndarray:
+        corners = np.array([[-1, -1], [1, -1], [1, 0], [0, 0], [0, 1], [-1, 1], [-1, -1]], dtype=float)
+        lengths = np.linalg.norm(np.diff(corners, axis=0), axis=1)
+        s = np.arange(count) * lengths.sum() / count
+        edge = np.searchsorted(np.cumsum(lengths), s, side="right")
+        offset = s - np.concatenate([[0.0], np.cumsum(lengths)])[edge]
+        direction = np.diff(corners, axis=0)[edge] / lengths[edge, None]
+        return corners[edge] + offset[:, None] * direction
+
+    @staticmethod
+    def interior_points(count: int, data_seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(data_seed)
+        points = np.empty((0, 2))
+        while points.shape[0] < count:
+            p = rng.uniform(-1.0, 1.0, size=(2 * count, 2))
+            inside = ~((p[:, 0] >= 0) & (p[:, 1] >= 0)) & (np.abs(p) < 1).all(axis=1)
+            points = np.vstack([points, p[inside]])
+        return points[:count]
+
+    def u(self, W, x):
+        return self.network(W, x)[0]
+
+    def boundary_loss(self, W, x):
+        return 0.5 * self.u(W, x) ** 2
+
+    def interior_loss(self, W, x):
+        laplacian = torch.trace(hessian(self.u, argnums=1)(W, x))
+        return 0.5 * (laplacian + 1.0) ** 2
+
+    def _groups(self, idx):
+        boundary = idx[idx < self.n_boundary]
+        interior = idx[idx >= self.n_boundary]
+        return [(self.boundary_loss, (self.inputs[boundary],)), (self.interior_loss, (self.inputs[interior],))]
+
+
+PROBLEMS = {cls.name: cls for cls in (Classification, Approximation, PoissonPINN)}
+
+
+def make_problem(name: str, reduction: str | None = None, device="cpu") -> NetworkProblem:
+    if name not in PROBLEMS:
+        raise ValueError(f"unknown problem {name!r}; choose one of: {', '.join(sorted(PROBLEMS))}")
+    return PROBLEMS[name](reduction, device)
