@@ -149,7 +149,8 @@ def describe(cls) -> str:
     for f in dataclasses.fields(cls):
         choices = f.metadata.get("choices")
         extra = f" (one of: {', '.join(map(str, choices))})" if choices else ""
-        lines.append(f"  --{f.name.replace('_', '-'):<22} {f.metadata.get('help', '')}{extra} [default: {f.default!r}]")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        lines.append(f"  --{f.name.replace('_', '-'):<22} {f.metadata.get('help', '')}{extra} [default: {default!r}]")
     return "\n".join(lines)
 
 

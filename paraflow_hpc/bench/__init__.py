@@ -5,4 +5,5 @@ side by side in the same run (parallel vs its serial baseline).
 """
 BENCHES = {
     "parareal": "paraflow_hpc.bench.parareal",
+    "layer-parallel": "paraflow_hpc.bench.layer_parallel",
 }

@@ -174,7 +174,7 @@ class Subnetwork:
             loss = loss_value(self.spec, out, targets)
         P, gW, gc = torch.autograd.grad(loss, (X, W, c))
         correct = int((out.argmax(dim=1) == targets).sum()) if self.spec.loss == "cross_entropy" else 0
-        return float(loss), P, {"head_W": gW, "head_b": gc}, correct
+        return float(loss.detach()), P, {"head_W": gW, "head_b": gc}, correct
 
     def backward(self, P):
         """Backward solve from the co-state at X_stop; returns (co-state at X_start, gradients).

@@ -1,0 +1,445 @@
+"""Layer-parallel ResNet training: predict globally, correct locally (Parpas & Muir, Alg. 3-4).
+
+Rank r owns the residual layers [s_r, s_{r+1}) (rank 0 also the opening layer, the
+last rank the head). Two couplings between the blocks:
+
+``exact`` (Alg. 3 distributed): states are exchanged before use and co-states are the
+exact ones: a forward chain down the ranks, then a backward chain up. It is serial SGD
+with backprop, pipelined over the ranks without overlap; on one rank it *is* Alg. 3. It
+serves as the serial baseline, the coarse global prediction, and the exactness check.
+
+``regression`` (Alg. 4 with P sub-systems, Remark 1), all ranks at once in iteration k:
+  1. forward solve from X_{s_r} (rank 0: the mini-batch; rank r > 0: the state rank r-1
+     sent at the end of iteration k-1, so rank r works on mini-batch max(k - r, 0));
+  2. right-boundary co-state: the loss gradient on the last rank; elsewhere
+     P_hat = A X_{s_{r+1}} + B, ridge least squares on a sliding window of observed
+     (state, co-state) pairs at that boundary (eq. (6); per sample, by Lemma 2.1);
+  3. backward solve and SGD update (Lemma 2.2);
+  4. synchronisation: X_{s_{r+1}} goes right, the exact co-state P_{s_r} of the received
+     state goes left (non-blocking, posted as soon as each is known); the co-state that
+     arrives from the right is paired with the state sent one iteration earlier.
+
+Global prediction (multilevel variant): H iterations of the exact coupling on the coarse
+model (half the layers) give the initial weights (prolonged), the boundary states for
+iteration 0 and the first window of regression pairs I_0. Single-level variant: no
+coarse model, one fine forward chain fills the pipeline and the window starts empty
+(P_hat = 0 until the first pair arrives).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from ..comm import Timers, block_partition
+from ..problems.resnet import LAYER_PARAMS, ResNetSpec, Subnetwork, head_output, loss_value, prolong, restrict
+
+TAG_STATE, TAG_COSTATE, TAG_EVAL = 31, 32, 33
+COUPLINGS = ("regression", "exact")
+
+
+def layer_block(depth: int, size: int, rank: int, coarse: bool) -> tuple[int, int]:
+    """Layers [s_r, s_{r+1}) of ``rank``; with a coarse model the boundaries fall on coarse layers."""
+    if coarse:
+        start, stop = block_partition(depth // 2, size, rank)
+        return 2 * start, 2 * stop
+    return block_partition(depth, size, rank)
+
+
+def check_partition(depth: int, size: int, coarse: bool) -> None:
+    if coarse and depth % 2:
+        raise ValueError(f"depth = {depth} must be even for the coarse model (half the layers)")
+    units = depth // 2 if coarse else depth
+    if units < size:
+        what = "coarse layers (depth / 2)" if coarse else "layers"
+        raise ValueError(f"{units} {what} cannot be spread over {size} ranks: every rank needs at least one")
+
+
+class BatchStream:
+    """Mini-batch k is a pure function of (seed, stream, k): a fresh permutation per epoch, so
+    restarts and every rank agree without storing an RNG state."""
+
+    def __init__(self, n_samples: int, batch_size: int, seed: int, stream: int):
+        if batch_size > n_samples:
+            raise ValueError(f"batch size {batch_size} exceeds the {n_samples} training samples")
+        self.n, self.m, self.seed, self.stream = n_samples, batch_size, seed, stream
+        self.per_epoch = n_samples // batch_size
+        self._epoch, self._perm = None, None
+
+    def indices(self, k: int) -> torch.Tensor:
+        epoch, j = divmod(k, self.per_epoch)
+        if epoch != self._epoch:
+            self._perm = torch.from_numpy(np.random.default_rng([self.seed, self.stream, epoch]).permutation(self.n))
+            self._epoch = epoch
+        return self._perm[j * self.m:(j + 1) * self.m]
+
+
+class CostateRegression:
+    """Per-sample affine co-state model p(X) = A X + B (eq. (6)), ridge least squares over the last
+    ``window`` observed batches of (state, co-state) pairs. Co-states are stored per sample
+    (batch size times the co-state of the mean loss), so batches of any size are comparable."""
+
+    def __init__(self, window: int, ridge: float):
+        self.window, self.ridge = window, ridge
+        self.xs: list[torch.Tensor] = []
+        self.ps: list[torch.Tensor] = []
+        self.coef = None
+
+    def add(self, X, P) -> None:
+        self.xs.append(X.detach().clone())
+        self.ps.append(P.detach().clone())
+        if len(self.xs) > self.window:
+            del self.xs[0], self.ps[0]
+        self.coef = None
+
+    def fit(self) -> torch.Tensor:
+        X, P = torch.cat(self.xs), torch.cat(self.ps)
+        phi = torch.cat([X, torch.ones_like(X[:, :1])], dim=1)
+        gram = phi.T @ phi
+        dim = X.shape[1]
+        # penalise A only, relative to the data's scale; the intercept B stays free
+        penalty = self.ridge * torch.trace(gram[:dim, :dim]) / dim
+        gram[range(dim), range(dim)] += penalty
+        self.coef = torch.linalg.pinv(gram, hermitian=True) @ (phi.T @ P)
+        return self.coef
+
+    def predict(self, X) -> torch.Tensor:
+        if not self.xs:
+            return torch.zeros_like(X)
+        coef = self.coef if self.coef is not None else self.fit()
+        return X @ coef[:-1] + coef[-1]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        stack = (lambda ts: torch.stack(ts).cpu().numpy()) if self.xs else (lambda ts: np.zeros((0,)))
+        return {"regression_x": stack(self.xs), "regression_p": stack(self.ps)}
+
+    def load(self, arrays, device) -> None:
+        self.xs = [torch.from_numpy(a).to(device) for a in arrays["regression_x"]]
+        self.ps = [torch.from_numpy(a).to(device) for a in arrays["regression_p"]]
+        self.coef = None
+
+
+@dataclass
+class LayerParallelState:
+    """Everything that decides the iterates after iteration ``k`` (checkpointed between iterations)."""
+
+    k: int
+    net: Subnetwork
+    regression: CostateRegression
+    x_in: torch.Tensor | None = None         # input state for iteration k (ranks > 0, regression coupling)
+    x_prev_out: torch.Tensor | None = None   # last state sent right, awaiting its exact co-state
+    p_hat_prev: torch.Tensor | None = None   # the regression's co-state at x_prev_out (per sample)
+    train_seconds: float = 0.0               # this rank's training time so far (evaluation excluded)
+    local: dict = field(default_factory=lambda: {"loss": [], "accuracy": [], "regression_mse": [],
+                                                 "regression_rel": []})
+    evals: dict = field(default_factory=lambda: {"iteration": [], "seconds": [], "train_accuracy": [],
+                                                 "train_loss": [], "test_accuracy": []})
+
+    TENSORS = ("x_in", "x_prev_out", "p_hat_prev")
+
+    def rank_arrays(self) -> dict[str, np.ndarray]:
+        out = {f"param_{n}": t.cpu().numpy() for n, t in self.net.params.items()}
+        out.update(self.regression.arrays())
+        for name in self.TENSORS:
+            t = getattr(self, name)
+            out[name] = t.cpu().numpy() if t is not None else np.zeros((0,))
+        out.update({f"local_{n}": np.array(v, dtype=float) for n, v in self.local.items()})
+        out["train_seconds"] = np.array(self.train_seconds)
+        return out
+
+    def root_arrays(self) -> dict[str, np.ndarray]:
+        return {f"eval_{n}": np.array(v, dtype=float) for n, v in self.evals.items()}
+
+    @classmethod
+    def from_arrays(cls, k, spec, start, stop, window, ridge, arrays, root, device) -> "LayerParallelState":
+        params = {n[len("param_"):]: torch.from_numpy(a).to(device) for n, a in arrays.items()
+                  if n.startswith("param_")}
+        regression = CostateRegression(window, ridge)
+        regression.load(arrays, device)
+        state = cls(k, Subnetwork(spec, params, start, stop), regression)
+        for name in cls.TENSORS:
+            a = arrays[name]
+            setattr(state, name, torch.from_numpy(a).to(device) if a.ndim == 2 else None)
+        state.local = {n: list(arrays[f"local_{n}"]) for n in state.local}
+        state.evals = {n: list(root[f"eval_{n}"]) for n in state.evals}
+        state.train_seconds = float(arrays["train_seconds"])
+        return state
+
+
+@dataclass
+class LayerParallelResult:
+    iterations: int
+    interrupted: bool
+    start: int
+    stop: int
+    params: dict                 # this rank's block of the trained weights
+    history: dict                # per iteration, identical on all ranks
+    evals: dict                  # full-data evaluations, identical on all ranks
+    timings: dict
+    counters: dict
+
+
+class _Messenger:
+    """Point-to-point exchange of (batch, state_dim) arrays with the neighbouring ranks."""
+
+    def __init__(self, comm, dtype, device, timers: Timers, prefix: str = ""):
+        self.comm, self.device, self.timers, self.prefix = comm, device, timers, prefix
+        self.np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        self.first, self.last = comm.rank == 0, comm.rank == comm.size - 1
+        self.counters = {"messages_sent": 0, "bytes_sent": 0}
+
+    def _out(self, t):
+        buf = np.ascontiguousarray(t.detach().cpu().numpy())
+        self.counters["messages_sent"] += 1
+        self.counters["bytes_sent"] += buf.nbytes
+        return buf
+
+    def to_tensor(self, buf):
+        return torch.from_numpy(buf).to(self.device)
+
+    def send(self, t, dest, tag):
+        self.comm.Send(self._out(t), dest=dest, tag=tag)
+
+    def recv(self, shape, source, tag):
+        buf = np.empty(shape, dtype=self.np_dtype)
+        with self.timers(self.prefix + "wait"):
+            self.comm.Recv(buf, source=source, tag=tag)
+        return self.to_tensor(buf)
+
+    def isend(self, t, dest, tag):
+        buf = self._out(t)
+        return self.comm.Isend(buf, dest=dest, tag=tag), buf
+
+    def irecv(self, shape, source, tag):
+        buf = np.empty(shape, dtype=self.np_dtype)
+        return self.comm.Irecv(buf, source=source, tag=tag), buf
+
+
+def forward_chain(comm, net: Subnetwork, inp, msg: _Messenger, batch: int, tag=TAG_STATE, keep=True):
+    """States exchanged before use: receive X_{s_r} from the left, forward, send X_{s_{r+1}} right.
+    Returns (input state or None on rank 0, output state)."""
+    x_in = None if msg.first else msg.recv((batch, net.spec.state_dim), comm.rank - 1, tag)
+    with msg.timers(msg.prefix + "forward"):
+        x_out = net.forward(inp if msg.first else x_in) if keep else net.output(inp if msg.first else x_in)
+    if not msg.last:
+        msg.send(x_out, comm.rank + 1, tag)
+    return x_in, x_out
+
+
+def exact_iteration(comm, net: Subnetwork, x, y, lr: float, weight_decay: float, msg: _Messenger,
+                    regression: CostateRegression | None = None):
+    """One SGD step of the whole network, distributed: forward chain, then exact co-states back up
+    (Alg. 3). Records the exact (state, co-state) pair at the right boundary in ``regression``.
+    Returns (loss, correct) on the last rank, (nan, 0) elsewhere."""
+    m = len(y)
+    _, x_out = forward_chain(comm, net, x, msg, m)
+    loss, correct, grads = float("nan"), 0, {}
+    if msg.last:
+        loss, p_out, grads, correct = net.loss_costate(y)
+    else:
+        p_out = msg.recv(x_out.shape, comm.rank + 1, TAG_COSTATE) / m
+    with msg.timers(msg.prefix + "backward"):
+        p_in, layer_grads = net.backward(p_out)
+    grads.update(layer_grads)
+    if not msg.first:
+        msg.send(p_in * m, comm.rank - 1, TAG_COSTATE)
+    with msg.timers(msg.prefix + "update"):
+        net.sgd_step(grads, lr, weight_decay)
+    if regression is not None and not msg.last:
+        regression.add(x_out, p_out * m)
+    return loss, correct
+
+
+def regression_iteration(comm, state: LayerParallelState, x, y, lr: float, weight_decay: float,
+                         msg: _Messenger) -> None:
+    """Alg. 4 local correction on all ranks at once; ends with the synchronisation."""
+    net, rank = state.net, comm.rank
+    m = len(y)
+    requests, keep_alive = [], []
+    with msg.timers("forward"):
+        x_out = net.forward(x if msg.first else state.x_in)
+    if not msg.last:
+        req, buf = msg.isend(x_out, rank + 1, TAG_STATE)  # in flight during the backward solve
+        requests.append(req), keep_alive.append(buf)
+        req, p_recv = msg.irecv(x_out.shape, rank + 1, TAG_COSTATE)
+        requests.append(req)
+    if not msg.first:
+        req, x_recv = msg.irecv(state.x_in.shape, rank - 1, TAG_STATE)
+        requests.append(req)
+    grads = {}
+    if msg.last:
+        loss, p_out, grads, correct = net.loss_costate(y)
+        state.local["loss"].append(loss)
+        state.local["accuracy"].append(correct / m)
+    else:
+        with msg.timers("regression"):
+            p_hat = state.regression.predict(x_out)
+        p_out = p_hat / m
+    with msg.timers("backward"):
+        p_in, layer_grads = net.backward(p_out)
+    grads.update(layer_grads)
+    if not msg.first:
+        req, buf = msg.isend(p_in * m, rank - 1, TAG_COSTATE)
+        requests.append(req), keep_alive.append(buf)
+    with msg.timers("update"):
+        net.sgd_step(grads, lr, weight_decay)
+    with msg.timers("wait"):
+        MPI.Request.Waitall(requests)
+    if not msg.first:
+        state.x_in = msg.to_tensor(x_recv)
+    if not msg.last:
+        p_true = msg.to_tensor(p_recv)  # exact co-state at the state this rank sent one iteration ago
+        with msg.timers("regression"):
+            err = state.p_hat_prev - p_true
+            state.local["regression_mse"].append(float((err ** 2).mean()))
+            state.local["regression_rel"].append(float(err.norm() / p_true.norm().clamp_min(1e-300)))
+            state.regression.add(state.x_prev_out, p_true)
+        state.x_prev_out, state.p_hat_prev = x_out, p_hat
+
+
+def evaluate(comm, net: Subnetwork, x, y, msg: _Messenger) -> tuple[float, float]:
+    """Loss and accuracy of the current weights on (x, y): one forward chain, result from the last rank."""
+    _, x_out = forward_chain(comm, net, x, msg, len(y), tag=TAG_EVAL, keep=False)
+    result = None
+    if msg.last:
+        out = head_output(net.spec, x_out, net.params["head_W"], net.params["head_b"])
+        result = (float(loss_value(net.spec, out, y)), float((out.argmax(dim=1) == y).double().mean()))
+    return comm.bcast(result, root=comm.size - 1)
+
+
+def _gather_history(comm, state: LayerParallelState) -> dict:
+    """Per-iteration series, identical on all ranks: loss/accuracy from the last rank,
+    the regression error at each boundary s_1 .. s_{P-1} (column r from rank r)."""
+    last = comm.size - 1
+    loss, acc = comm.bcast((state.local["loss"], state.local["accuracy"]) if comm.rank == last else None, root=last)
+    mse = comm.allgather(state.local["regression_mse"])[:last]
+    rel = comm.allgather(state.local["regression_rel"])[:last]
+    history = {"loss": np.array(loss, dtype=float), "accuracy": np.array(acc, dtype=float)}
+    if last and len(mse[0]):
+        history["regression_mse"] = np.array(mse, dtype=float).T
+        history["regression_rel_error"] = np.array(rel, dtype=float).T
+    return history
+
+
+def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, lr: float, batch_size: int,
+          seed: int, coupling: str = "regression", coarse_iterations: int = 0, coarse_lr: float | None = None,
+          window: int = 20, ridge: float = 1e-6, weight_decay: float = 0.0, eval_every: int = 10,
+          resume: LayerParallelState | None = None,
+          after_iteration: Callable[[LayerParallelState], bool] | None = None,
+          progress: Callable[[str], None] | None = None) -> LayerParallelResult:
+    """Train the network on ``comm``, rank r owning its block of layers.
+
+    ``params``: whole-network initial weights (every rank passes the same; each keeps its block).
+    ``data``: tensors x_train, y_train, x_test, y_test on the rank's device. ``coarse_iterations``
+    H > 0 turns on the global prediction (regression coupling only). Full-data accuracy is
+    evaluated every ``eval_every`` iterations, outside the timed training.
+    ``after_iteration(state)`` is called collectively after every iteration but the last; True stops
+    the run there (preemption) with ``interrupted`` set.
+    """
+    if coupling not in COUPLINGS:
+        raise ValueError(f"unknown coupling {coupling!r}; choose one of: {', '.join(COUPLINGS)}")
+    coarse = coupling == "regression" and coarse_iterations > 0
+    check_partition(spec.depth, comm.size, coarse)
+    start, stop = layer_block(spec.depth, comm.size, comm.rank, coarse)
+    device = params["K"].device
+    comm.Barrier()  # every rank's clock starts together
+    timers = Timers()
+    msg = _Messenger(comm, params["K"].dtype, device, timers)
+    x_train, y_train = data["x_train"], data["y_train"]
+    batches = BatchStream(len(y_train), batch_size, seed, stream=0)
+    m = batch_size
+
+    def record_eval(state: LayerParallelState):
+        with timers("eval"):
+            train_loss, train_acc = evaluate(comm, state.net, x_train, y_train, msg)
+            _, test_acc = evaluate(comm, state.net, data["x_test"], data["y_test"], msg)
+        seconds = comm.allreduce(state.train_seconds, op=MPI.MAX)
+        for name, value in (("iteration", state.k), ("seconds", seconds), ("train_accuracy", train_acc),
+                            ("train_loss", train_loss), ("test_accuracy", test_acc)):
+            state.evals[name].append(value)
+        if progress:
+            progress(f"iteration {state.k}: train accuracy {train_acc:.4f}, loss {train_loss:.4e}, "
+                     f"test accuracy {test_acc:.4f}, {seconds:.2f} s")
+
+    def train_seconds():
+        return time_offset + timers.elapsed() - timers.seconds.get("eval", 0.0) - timers.seconds.get("checkpoint", 0.0)
+
+    if resume is not None:
+        state = resume
+        time_offset = state.train_seconds
+    else:
+        time_offset = 0.0
+        regression = CostateRegression(window, ridge)
+        idx0 = batches.indices(0)
+        if coarse:
+            state = _global_prediction(comm, spec, params, start, stop, data, regression, coarse_iterations,
+                                       coarse_lr or lr, weight_decay, batch_size, seed, idx0, timers, progress)
+        else:
+            state = LayerParallelState(0, Subnetwork(spec, {n: _block(params, n, start, stop) for n in params},
+                                                     start, stop), regression)
+            if coupling == "regression":  # fill the pipeline: one fine forward chain on batch 0
+                with timers("fill"):
+                    state.x_in, state.x_prev_out = forward_chain(comm, state.net, x_train[idx0], msg, m)
+        if coupling == "regression" and not msg.last:
+            state.p_hat_prev = state.regression.predict(state.x_prev_out)
+        state.train_seconds = train_seconds()
+        record_eval(state)
+
+    interrupted = False
+    first_iteration = state.k
+    while state.k < iterations:
+        if coupling == "exact":
+            idx = batches.indices(state.k)
+            loss, correct = exact_iteration(comm, state.net, x_train[idx], y_train[idx], lr, weight_decay, msg)
+            if msg.last:
+                state.local["loss"].append(loss)
+                state.local["accuracy"].append(correct / m)
+        else:
+            idx = batches.indices(max(state.k - comm.rank, 0))  # pipeline: the batch that reached this rank
+            regression_iteration(comm, state, x_train[idx], y_train[idx], lr, weight_decay, msg)
+        state.k += 1
+        state.train_seconds = train_seconds()
+        if state.k % eval_every == 0 or state.k == iterations:
+            record_eval(state)
+        if state.k < iterations and after_iteration is not None:
+            with timers("checkpoint"):
+                stop_now = after_iteration(state)
+            if stop_now:
+                interrupted = True
+                break
+
+    history = _gather_history(comm, state)
+    return LayerParallelResult(state.k, interrupted, start, stop, state.net.params, history,
+                               {n: np.array(v, dtype=float) for n, v in state.evals.items()},
+                               timers.as_dict(), {**msg.counters, "iterations_run": state.k - first_iteration})
+
+
+def _block(params: dict, name: str, start: int, stop: int) -> torch.Tensor:
+    return params[name][start:stop] if name in LAYER_PARAMS else params[name]
+
+
+def _global_prediction(comm, spec, params, start, stop, data, regression, coarse_iterations, lr, weight_decay,
+                       batch_size, seed, idx0, timers, progress) -> LayerParallelState:
+    """H exact SGD iterations on the coarse model (restricted initial weights); returns the fine state:
+    prolonged weights, boundary states of fine batch 0 from the coarse model, and I_0 in ``regression``."""
+    cspec = spec.coarse()
+    cparams = {n: restrict(params[n][start:stop]) if n in LAYER_PARAMS else params[n] for n in params}
+    cnet = Subnetwork(cspec, cparams, start // 2, stop // 2)
+    msg = _Messenger(comm, params["K"].dtype, params["K"].device, timers, prefix="coarse_")
+    x_train, y_train = data["x_train"], data["y_train"]
+    coarse_batches = BatchStream(len(y_train), batch_size, seed, stream=1)
+    for h in range(coarse_iterations):
+        idx = coarse_batches.indices(h)
+        exact_iteration(comm, cnet, x_train[idx], y_train[idx], lr, weight_decay, msg, regression)
+    # iteration 0's boundary states: fine batch 0 through the trained coarse model
+    x_in, x_out = forward_chain(comm, cnet, x_train[idx0], msg, batch_size, keep=False)
+    fine = {n: prolong(t) if n in LAYER_PARAMS else t for n, t in cnet.params.items()}
+    if progress:
+        progress(f"global prediction: {coarse_iterations} iterations of the coarse model ({cspec.depth} layers)")
+    state = LayerParallelState(0, Subnetwork(spec, fine, start, stop), regression)
+    state.x_in, state.x_prev_out = x_in, x_out
+    return state
+

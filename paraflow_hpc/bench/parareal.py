@@ -1,0 +1,128 @@
+"""``paraflow-hpc bench parareal``: serial fine vs Parareal on the same ranks, in one run.
+
+For each problem: the serial fine solution (the chain of N fine solves, which is
+exactly what one process would do) and Parareal are timed back to back. Besides the
+measured speed-up, the table gives the speed-up the pipelined schedule would reach
+with free communication, from the measured per-call costs tau_F, tau_G and the
+iteration count K (m = subintervals per rank):
+
+    T_model = N tau_G + K m (tau_F + tau_G),      S_model = N tau_F / T_model,
+
+and their ratio S / S_model, the efficiency of the implementation. Parareal's
+speed-up is bounded by about P / K, so on 2 ranks it cannot exceed 1 once K >= 2:
+the interesting numbers there are K and the efficiency; speed-ups need more ranks
+(jobs/parareal_scaling.sbatch).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from mpi4py import MPI
+
+from ..algorithms.parareal import parareal, serial_fine, subinterval_bounds
+from ..comm import Progress, Timers
+from ..config import RunConfig, option, require
+from ..io.results import write_result
+from ..problems.ode import ODE_PROBLEMS
+from ..propagators import make_propagator
+
+# Fine work dominates (fine_steps / coarse_steps = 100); G is stable at its step size.
+CASES = {
+    "brusselator": dict(intervals=16, coarse_steps=20, fine_steps=2000),
+    "lorenz": dict(intervals=32, coarse_steps=16, fine_steps=1600),
+    "heat": dict(intervals=16, coarse_steps=10, fine_steps=1000),
+}
+
+
+@dataclass
+class Config(RunConfig):
+    method = "bench-parareal"
+    problems: list[str] = field(default_factory=lambda: list(CASES),
+                                metadata={"help": "problems to run", "choices": None})
+    tol: float = option(1e-8, "Parareal tolerance on the max-norm update")
+    scale: float = option(1.0, "multiply the subinterval count N by this (whole multiples of the ranks)")
+    table: str = option("", "markdown table file (default: next to the HDF5 output)")
+
+    def validate(self, comm_size: int) -> None:
+        super().validate(comm_size)
+        for name in self.problems:
+            require(name in CASES, f"problems: {name!r} has no benchmark case; choose from {', '.join(CASES)}")
+        require(self.scale > 0, f"scale = {self.scale}: must be > 0")
+        require(self.tol >= 0, f"tol = {self.tol}: must be >= 0")
+
+    def default_output(self) -> str:
+        return os.path.join("results", "bench-parareal.h5")
+
+
+def run_case(comm, name: str, case: dict, tol: float, scale: float) -> dict:
+    problem = ODE_PROBLEMS[name]()
+    n = max(comm.size, int(round(case["intervals"] * scale)))
+    times = subinterval_bounds(problem.t0, problem.tf, n)
+    coarse = make_propagator("rk4", problem.f, case["coarse_steps"])
+    fine = make_propagator("rk4", problem.f, case["fine_steps"])
+    y0 = problem.y0()
+
+    serial_timers = Timers()
+    comm.Barrier()
+    reference = serial_fine(comm, fine, y0, times, serial_timers)
+    comm.Barrier()
+    serial_seconds = comm.allreduce(serial_timers.elapsed(), op=MPI.MAX)
+
+    comm.Barrier()
+    wall = Timers()
+    result = parareal(comm, coarse, fine, y0, times, tol=tol, k_max=n, reference=reference)
+    comm.Barrier()
+    parareal_seconds = comm.allreduce(wall.elapsed(), op=MPI.MAX)
+
+    fine_seconds = comm.allreduce(result.timings.get("fine", 0.0), op=MPI.SUM)
+    fine_calls = comm.allreduce(result.fine_calls, op=MPI.SUM)
+    coarse_seconds = comm.allreduce(result.timings.get("coarse", 0.0), op=MPI.SUM)
+    coarse_calls = comm.allreduce(result.coarse_calls, op=MPI.SUM)
+    tau_f, tau_g = fine_seconds / fine_calls, coarse_seconds / coarse_calls
+    per_rank = -(-n // comm.size)
+    k = result.iterations
+    model_seconds = n * tau_g + k * per_rank * (tau_f + tau_g)
+    speedup = serial_seconds / parareal_seconds
+    model_speedup = n * tau_f / model_seconds
+    return {
+        "problem": name, "ranks": comm.size, "intervals": n, "iterations": k,
+        "final_error": result.errors[-1], "serial_seconds": serial_seconds,
+        "parareal_seconds": parareal_seconds, "speedup": speedup, "model_speedup": model_speedup,
+        "efficiency": speedup / model_speedup, "tau_fine": tau_f, "tau_coarse": tau_g,
+        "timings": result.timings,
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| problem | ranks | N | K | error vs serial F | serial F [s] | Parareal [s] | speed-up | "
+            "model speed-up | efficiency S/S_model | tau_F/tau_G |\n|" + "---|" * 11 + "\n")
+    return head + "".join(
+        f"| {r['problem']} | {r['ranks']} | {r['intervals']} | {r['iterations']} | {r['final_error']:.1e} | "
+        f"{r['serial_seconds']:.3f} | {r['parareal_seconds']:.3f} | {r['speedup']:.2f} | "
+        f"{r['model_speedup']:.2f} | {r['efficiency']:.2f} | {r['tau_fine'] / r['tau_coarse']:.0f} |\n"
+        for r in rows)
+
+
+def main(cfg: Config, comm) -> int:
+    progress = Progress(comm, cfg.quiet)
+    rows = []
+    for name in cfg.problems:
+        row = run_case(comm, name, CASES[name], cfg.tol, cfg.scale)
+        progress(f"{name}: K = {row['iterations']}, speed-up {row['speedup']:.2f} "
+                 f"(model {row['model_speedup']:.2f}, efficiency {row['efficiency']:.2f})")
+        rows.append(row)
+    numeric = [k for k in rows[0] if k not in ("problem", "timings")]
+    write_result(comm, cfg.output, method="bench-parareal", config=cfg.as_dict(),
+                 data={k: np.array([r[k] for r in rows], dtype=float) for k in numeric} |
+                 {"problem": np.array([r["problem"] for r in rows], dtype="S")},
+                 timings={f"{r['problem']}/{k}": v for r in rows for k, v in r["timings"].items()})
+    table = markdown(rows)
+    if comm.rank == 0:
+        path = cfg.table or cfg.output[:-3] + ".md"
+        with open(path, "w") as fh:
+            fh.write(table)
+        print(table, flush=True)
+        progress(f"HDF5: {cfg.output}, table: {path}")
+    return 0
