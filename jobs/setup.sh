@@ -6,11 +6,11 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="${PARAFLOW_VENV:-$here/.venv}"
-stamp="$venv/.paraflow-setup-v3"
+stamp="$venv/.paraflow-setup-v4"
 [ -f "$stamp" ] && exit 0
 
 debs="openmpi-bin python3-mpi4py python3-petsc4py python3-h5py-mpi python3-venv
-      python3-scipy python3-sklearn python3-matplotlib"
+      python3-scipy python3-sklearn python3-matplotlib python3-pandas"
 missing=""
 for d in $debs; do
   dpkg-query -W -f='${Status}' "$d" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $d"
@@ -45,8 +45,7 @@ pip install -c "$constraints" "torch==2.13.0" "pytest>=7" "pytest-timeout"
 pip install -c "$constraints" --no-deps --no-build-isolation -e "$here"
 
 # Quiet, fast single-node Open MPI defaults for every shell that activates the venv.
-cat >> "$venv/bin/activate" <<'ACT'
-source "$VIRTUAL_ENV/../jobs/mpi-env.sh" 2>/dev/null || true
-ACT
+hook="source \"$here/jobs/mpi-env.sh\""
+grep -qF "$hook" "$venv/bin/activate" || echo "$hook" >> "$venv/bin/activate"
 "$venv/bin/python" -m paraflow_hpc info --check
 touch "$stamp"

@@ -72,24 +72,31 @@ class Fine:
 
     def __call__(self, W: torch.Tensor, window: int, budget: Budget) -> torch.Tensor:
         budget.charge(self.cost())
-        W = W.clone()
-        velocity = torch.zeros_like(W)
-        second = torch.zeros_like(W)
+        state = self.fresh_state(W)
         for j in range(self.steps):
-            _, g = self.problem.value_and_grad(W, self.schedule(window * self.steps + j))
-            if self.optimizer == "sgd":
-                W = W - self.eta * g
-            elif self.optimizer == "momentum":
-                velocity = self.momentum * velocity + g
-                W = W - self.eta * velocity
-            else:
-                b1, b2 = self.betas
-                velocity = b1 * velocity + (1 - b1) * g
-                second = b2 * second + (1 - b2) * g * g
-                m_hat = velocity / (1 - b1 ** (j + 1))
-                v_hat = second / (1 - b2 ** (j + 1))
-                W = W - self.eta * m_hat / (v_hat.sqrt() + self.eps)
+            W, _ = self.step(W, window * self.steps + j, j, state)
         return W
+
+    def fresh_state(self, W: torch.Tensor) -> dict:
+        return {"velocity": torch.zeros_like(W), "second": torch.zeros_like(W)}
+
+    def step(self, W: torch.Tensor, t: int, j: int, state: dict) -> tuple[torch.Tensor, float]:
+        """One optimiser step on batch t; returns the new W and the batch loss at the old W.
+
+        ``j`` counts steps since ``state`` was fresh (Adam's bias correction).
+        """
+        loss, g = self.problem.value_and_grad(W, self.schedule(t))
+        if self.optimizer == "sgd":
+            return W - self.eta * g, loss
+        if self.optimizer == "momentum":
+            state["velocity"] = self.momentum * state["velocity"] + g
+            return W - self.eta * state["velocity"], loss
+        b1, b2 = self.betas
+        state["velocity"] = b1 * state["velocity"] + (1 - b1) * g
+        state["second"] = b2 * state["second"] + (1 - b2) * g * g
+        m_hat = state["velocity"] / (1 - b1 ** (j + 1))
+        v_hat = state["second"] / (1 - b2 ** (j + 1))
+        return W - self.eta * m_hat / (v_hat.sqrt() + self.eps), loss
 
     def describe(self) -> str:
         return f"{self.steps} x {self.optimizer}(eta={self.eta:g}, batch {self.schedule.size})"
@@ -135,9 +142,9 @@ class Coarse:
         return f"{self.steps} x GD(eta={self.eta / self.steps:g}, full batch)"
 
 
-def parareal_update(fine: torch.Tensor, coarse_new: torch.Tensor, coarse_old: torch.Tensor) -> torch.Tensor:
-    """(3): W_{n+1} = G(W_n^new) + F(W_n^old) - G(W_n^old), with the correction F - G formed first.
+def correction(fine: torch.Tensor, coarse_old: torch.Tensor) -> torch.Tensor:
+    """F(W_n^old) - G(W_n^old) of (3), formed once per subinterval; the update is G(W_n^new) + correction.
 
-    One function for ParaFlowS and ParaFlow, so both round identically.
+    ParaFlowS and ParaFlow both use this, so their iterates round identically.
     """
-    return coarse_new + (fine - coarse_old)
+    return fine - coarse_old

@@ -80,45 +80,69 @@ class BatchStream:
 class CostateRegression:
     """Per-sample affine co-state model p(X) = A X + B (eq. (6)), ridge least squares over the last
     ``window`` observed batches of (state, co-state) pairs. Co-states are stored per sample
-    (batch size times the co-state of the mean loss), so batches of any size are comparable."""
+    (batch size times the co-state of the mean loss), so batches of any size are comparable.
 
-    def __init__(self, window: int, ridge: float):
-        self.window, self.ridge = window, ridge
+    With ``by_class`` one (A, B) is fitted per class label: the per-sample value function of
+    Lemma 2.1 has the sample's label inside its data-fidelity term, so the co-state is a function
+    of (state, label); one affine map per label captures the jump across the class boundary that
+    a single affine map averages away. Every rank knows the labels of the batch it works on."""
+
+    def __init__(self, window: int, ridge: float, by_class: bool = False):
+        self.window, self.ridge, self.by_class = window, ridge, by_class
         self.xs: list[torch.Tensor] = []
         self.ps: list[torch.Tensor] = []
+        self.ys: list[torch.Tensor] = []
         self.coef = None
 
-    def add(self, X, P) -> None:
+    def add(self, X, P, labels=None) -> None:
         self.xs.append(X.detach().clone())
         self.ps.append(P.detach().clone())
+        self.ys.append(labels.detach().clone() if self.by_class else torch.zeros(len(X), dtype=torch.int64,
+                                                                                 device=X.device))
         if len(self.xs) > self.window:
-            del self.xs[0], self.ps[0]
+            del self.xs[0], self.ps[0], self.ys[0]
         self.coef = None
 
-    def fit(self) -> torch.Tensor:
-        X, P = torch.cat(self.xs), torch.cat(self.ps)
+    def _solve(self, X, P) -> torch.Tensor:
         phi = torch.cat([X, torch.ones_like(X[:, :1])], dim=1)
         gram = phi.T @ phi
         dim = X.shape[1]
         # penalise A only, relative to the data's scale; the intercept B stays free
         penalty = self.ridge * torch.trace(gram[:dim, :dim]) / dim
         gram[range(dim), range(dim)] += penalty
-        self.coef = torch.linalg.pinv(gram, hermitian=True) @ (phi.T @ P)
+        return torch.linalg.pinv(gram, hermitian=True) @ (phi.T @ P)
+
+    def fit(self) -> dict:
+        """Coefficients [A^T; B] per label (key -1: all pairs pooled, the fallback for unseen labels)."""
+        X, P, Y = torch.cat(self.xs), torch.cat(self.ps), torch.cat(self.ys)
+        self.coef = {-1: self._solve(X, P)}
+        if self.by_class:
+            for label in torch.unique(Y).tolist():
+                rows = Y == label
+                self.coef[label] = self._solve(X[rows], P[rows])
         return self.coef
 
-    def predict(self, X) -> torch.Tensor:
+    def predict(self, X, labels=None) -> torch.Tensor:
         if not self.xs:
             return torch.zeros_like(X)
         coef = self.coef if self.coef is not None else self.fit()
-        return X @ coef[:-1] + coef[-1]
+        if not self.by_class:
+            return X @ coef[-1][:-1] + coef[-1][-1]
+        out = torch.empty_like(X)
+        for label in torch.unique(labels).tolist():
+            rows = labels == label
+            c = coef.get(label, coef[-1])
+            out[rows] = X[rows] @ c[:-1] + c[-1]
+        return out
 
     def arrays(self) -> dict[str, np.ndarray]:
         stack = (lambda ts: torch.stack(ts).cpu().numpy()) if self.xs else (lambda ts: np.zeros((0,)))
-        return {"regression_x": stack(self.xs), "regression_p": stack(self.ps)}
+        return {"regression_x": stack(self.xs), "regression_p": stack(self.ps), "regression_y": stack(self.ys)}
 
     def load(self, arrays, device) -> None:
         self.xs = [torch.from_numpy(a).to(device) for a in arrays["regression_x"]]
         self.ps = [torch.from_numpy(a).to(device) for a in arrays["regression_p"]]
+        self.ys = [torch.from_numpy(a).to(device) for a in arrays["regression_y"]]
         self.coef = None
 
 
@@ -132,13 +156,14 @@ class LayerParallelState:
     x_in: torch.Tensor | None = None         # input state for iteration k (ranks > 0, regression coupling)
     x_prev_out: torch.Tensor | None = None   # last state sent right, awaiting its exact co-state
     p_hat_prev: torch.Tensor | None = None   # the regression's co-state at x_prev_out (per sample)
+    y_prev_out: torch.Tensor | None = None   # labels of the samples in x_prev_out
     train_seconds: float = 0.0               # this rank's training time so far (evaluation excluded)
     local: dict = field(default_factory=lambda: {"loss": [], "accuracy": [], "regression_mse": [],
                                                  "regression_rel": []})
     evals: dict = field(default_factory=lambda: {"iteration": [], "seconds": [], "train_accuracy": [],
                                                  "train_loss": [], "test_accuracy": []})
 
-    TENSORS = ("x_in", "x_prev_out", "p_hat_prev")
+    TENSORS = ("x_in", "x_prev_out", "p_hat_prev", "y_prev_out")
 
     def rank_arrays(self) -> dict[str, np.ndarray]:
         out = {f"param_{n}": t.cpu().numpy() for n, t in self.net.params.items()}
@@ -154,15 +179,15 @@ class LayerParallelState:
         return {f"eval_{n}": np.array(v, dtype=float) for n, v in self.evals.items()}
 
     @classmethod
-    def from_arrays(cls, k, spec, start, stop, window, ridge, arrays, root, device) -> "LayerParallelState":
+    def from_arrays(cls, k, spec, start, stop, regression: "CostateRegression", arrays, root,
+                    device) -> "LayerParallelState":
         params = {n[len("param_"):]: torch.from_numpy(a).to(device) for n, a in arrays.items()
                   if n.startswith("param_")}
-        regression = CostateRegression(window, ridge)
         regression.load(arrays, device)
         state = cls(k, Subnetwork(spec, params, start, stop), regression)
         for name in cls.TENSORS:
             a = arrays[name]
-            setattr(state, name, torch.from_numpy(a).to(device) if a.ndim == 2 else None)
+            setattr(state, name, torch.from_numpy(a).to(device) if a.size else None)
         state.local = {n: list(arrays[f"local_{n}"]) for n in state.local}
         state.evals = {n: list(root[f"eval_{n}"]) for n in state.evals}
         state.train_seconds = float(arrays["train_seconds"])
@@ -249,7 +274,7 @@ def exact_iteration(comm, net: Subnetwork, x, y, lr: float, weight_decay: float,
     with msg.timers(msg.prefix + "update"):
         net.sgd_step(grads, lr, weight_decay)
     if regression is not None and not msg.last:
-        regression.add(x_out, p_out * m)
+        regression.add(x_out, p_out * m, y)
     return loss, correct
 
 
@@ -276,7 +301,7 @@ def regression_iteration(comm, state: LayerParallelState, x, y, lr: float, weigh
         state.local["accuracy"].append(correct / m)
     else:
         with msg.timers("regression"):
-            p_hat = state.regression.predict(x_out)
+            p_hat = state.regression.predict(x_out, y)
         p_out = p_hat / m
     with msg.timers("backward"):
         p_in, layer_grads = net.backward(p_out)
@@ -296,8 +321,8 @@ def regression_iteration(comm, state: LayerParallelState, x, y, lr: float, weigh
             err = state.p_hat_prev - p_true
             state.local["regression_mse"].append(float((err ** 2).mean()))
             state.local["regression_rel"].append(float(err.norm() / p_true.norm().clamp_min(1e-300)))
-            state.regression.add(state.x_prev_out, p_true)
-        state.x_prev_out, state.p_hat_prev = x_out, p_hat
+            state.regression.add(state.x_prev_out, p_true, state.y_prev_out)
+        state.x_prev_out, state.p_hat_prev, state.y_prev_out = x_out, p_hat, y
 
 
 def evaluate(comm, net: Subnetwork, x, y, msg: _Messenger) -> tuple[float, float]:
@@ -326,7 +351,8 @@ def _gather_history(comm, state: LayerParallelState) -> dict:
 
 def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, lr: float, batch_size: int,
           seed: int, coupling: str = "regression", coarse_iterations: int = 0, coarse_lr: float | None = None,
-          window: int = 20, ridge: float = 1e-6, weight_decay: float = 0.0, eval_every: int = 10,
+          window: int = 20, ridge: float = 1e-6, by_class: bool = True, weight_decay: float = 0.0,
+          eval_every: int = 10,
           resume: LayerParallelState | None = None,
           after_iteration: Callable[[LayerParallelState], bool] | None = None,
           progress: Callable[[str], None] | None = None) -> LayerParallelResult:
@@ -335,7 +361,8 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
     ``params``: whole-network initial weights (every rank passes the same; each keeps its block).
     ``data``: tensors x_train, y_train, x_test, y_test on the rank's device. ``coarse_iterations``
     H > 0 turns on the global prediction (regression coupling only). Full-data accuracy is
-    evaluated every ``eval_every`` iterations, outside the timed training.
+    evaluated every ``eval_every`` iterations, outside the timed training. ``by_class``: one affine
+    co-state map per class label (classification only; see :class:`CostateRegression`).
     ``after_iteration(state)`` is called collectively after every iteration but the last; True stops
     the run there (preemption) with ``interrupted`` set.
     """
@@ -372,7 +399,7 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
         time_offset = state.train_seconds
     else:
         time_offset = 0.0
-        regression = CostateRegression(window, ridge)
+        regression = CostateRegression(window, ridge, by_class and spec.loss == "cross_entropy")
         idx0 = batches.indices(0)
         if coarse:
             state = _global_prediction(comm, spec, params, start, stop, data, regression, coarse_iterations,
@@ -384,7 +411,8 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
                 with timers("fill"):
                     state.x_in, state.x_prev_out = forward_chain(comm, state.net, x_train[idx0], msg, m)
         if coupling == "regression" and not msg.last:
-            state.p_hat_prev = state.regression.predict(state.x_prev_out)
+            state.y_prev_out = y_train[idx0]
+            state.p_hat_prev = state.regression.predict(state.x_prev_out, state.y_prev_out)
         state.train_seconds = train_seconds()
         record_eval(state)
 

@@ -302,7 +302,7 @@ def paso(comm, problem, opt: OptimizerSpec, w0: np.ndarray, *, total_steps: int,
                     rows[rows_of[i]] = opt.update_term(int(step), guesses[i], grads[i], list(states_after[i]))
             with timers("scan"):
                 before, total = window_prefix(comm, weights_scan, rows)
-            with timers("update"):
+            with timers("update"), np.errstate(over="ignore", invalid="ignore"):  # a diverging guess gives d = inf
                 new_guesses = state.w_left - before[rows_of] if len(own) else guesses
                 new_right = state.w_left - total
                 # d of rule (9) for steps t+1 .. t+width, and the losses at steps t .. t+width-1.

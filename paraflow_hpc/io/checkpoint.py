@@ -48,20 +48,25 @@ def _write_file(path: str, kind: str, nranks: int, meta: dict, groups) -> None:
     meta_json = json.dumps(meta, sort_keys=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # The file is built in memory and written with plain writes: HDF5 1.10 can crash when a file
+    # it writes to hits a full disk, while a failed os.write is an ordinary, catchable OSError.
+    with h5py.File(f"checkpoint-{os.getpid()}", "w", driver="core", backing_store=False) as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["kind"] = kind
+        f.attrs["nranks"] = nranks
+        f.attrs["meta"] = meta_json
+        f.attrs["sha256"] = _digest(kind, nranks, meta_json, groups)
+        for group, arrays in groups.items():
+            g = f.create_group(group)
+            for name, arr in arrays.items():
+                g.create_dataset(name, data=np.asarray(arr))
+        f.flush()
+        image = f.id.get_file_image()
     try:
-        with open(tmp, "wb") as raw:
-            with h5py.File(raw, "w") as f:
-                f.attrs["schema_version"] = SCHEMA_VERSION
-                f.attrs["kind"] = kind
-                f.attrs["nranks"] = nranks
-                f.attrs["meta"] = meta_json
-                f.attrs["sha256"] = _digest(kind, nranks, meta_json, groups)
-                for group, arrays in groups.items():
-                    g = f.create_group(group)
-                    for name, arr in arrays.items():
-                        g.create_dataset(name, data=np.asarray(arr))
-            raw.flush()
-            os.fsync(raw.fileno())
+        with open(tmp, "wb") as fh:
+            fh.write(image)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the rename makes it the checkpoint
         if os.path.exists(path):
             os.replace(path, path + ".prev")
         os.replace(tmp, path)

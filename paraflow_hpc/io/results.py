@@ -172,6 +172,19 @@ def _write_layout(f, comm, meta, config, history, per_rank, solution, layout, da
         start = sum(counts[:comm.rank]) if own_rank else 0
         if own_rank:
             with ds.collective:
-                ds[start:start + arr.shape[0]] = arr
+                if arr.shape[0]:
+                    ds[start:start + arr.shape[0]] = arr
+                else:
+                    _empty_collective_write(ds)
         else:
             ds[...] = arr
+
+
+def _empty_collective_write(ds) -> None:
+    """A rank that owns no rows still takes part in the collective write (h5py skips empty
+    selections, which would leave the other ranks waiting)."""
+    file_space = ds.id.get_space()
+    file_space.select_none()
+    memory_space = h5py.h5s.create_simple((1,))
+    memory_space.select_none()
+    ds.id.write(memory_space, file_space, np.zeros(1, dtype=ds.dtype), dxpl=ds._dxpl)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..algorithms.layer_parallel import COUPLINGS, LayerParallelState, check_partition, layer_block, train
+from ..algorithms.layer_parallel import COUPLINGS, CostateRegression, LayerParallelState, check_partition, layer_block, train
 from ..comm import Progress, torch_device
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
@@ -37,6 +37,8 @@ class Config(RunConfig):
     weight_decay: float = option(0.0, "weight decay (the regulariser R = wd/2 |U|^2)")
     window: int = option(20, "regression window: the most recent batches of (state, co-state) pairs kept")
     ridge: float = option(1e-6, "ridge parameter of the co-state regression (relative to the data scale)")
+    regression_by_class: bool = option(True, "fit one affine co-state map per class label (false: one map, "
+                                             "eq. (6) as printed)")
     eval_every: int = option(10, "evaluate full train/test accuracy every k iterations (not timed)")
     dtype: str = option("float64", "floating-point type", choices=list(DTYPES))
     device: str = option("auto", "auto: one GPU per rank when CUDA is available, else the CPU",
@@ -69,7 +71,7 @@ class Config(RunConfig):
         """The options that define the iterates: a checkpoint must match them to be resumed."""
         keys = ("problem", "samples", "seed", "depth", "width", "final_time", "scheme", "coupling",
                 "coarse_iterations", "coarse_lr", "iterations", "lr", "batch_size", "weight_decay", "window",
-                "ridge", "eval_every", "dtype")
+                "ridge", "regression_by_class", "eval_every", "dtype")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -88,7 +90,7 @@ def setup(cfg: Config, comm):
 def train_options(cfg: Config) -> dict:
     return dict(iterations=cfg.iterations, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
                 coupling=cfg.coupling, coarse_iterations=cfg.coarse_iterations, coarse_lr=cfg.coarse_lr or cfg.lr,
-                window=cfg.window, ridge=cfg.ridge, weight_decay=cfg.weight_decay, eval_every=cfg.eval_every)
+                window=cfg.window, ridge=cfg.ridge, by_class=cfg.regression_by_class, weight_decay=cfg.weight_decay, eval_every=cfg.eval_every)
 
 
 def main(cfg: Config, comm) -> int:
@@ -105,8 +107,9 @@ def main(cfg: Config, comm) -> int:
     resume = None
     if cfg.restart:
         meta, arrays, root = hook.load(cfg.restart)
-        resume = LayerParallelState.from_arrays(int(meta["iteration"]), spec, start, stop, cfg.window, cfg.ridge,
-                                                arrays, root, device)
+        regression = CostateRegression(cfg.window, cfg.ridge, cfg.regression_by_class)
+        resume = LayerParallelState.from_arrays(int(meta["iteration"]), spec, start, stop, regression, arrays, root,
+                                                device)
         progress(f"restarting from {cfg.restart} after iteration {resume.k}")
 
     def after_iteration(state: LayerParallelState) -> bool:

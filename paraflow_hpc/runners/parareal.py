@@ -114,7 +114,8 @@ def main(cfg: Config, comm) -> int:
     counters = {"fine_calls": result.fine_calls, "coarse_calls": result.coarse_calls, "rhs_evaluations": problem.nfev}
     write_result(
         comm, cfg.output, method="parareal", config=cfg.as_dict(),
-        history={"update_norm": np.array(result.jumps, dtype=float), "error": np.array(result.errors, dtype=float)},
+        # indexed by iteration k = 0..K; the update is undefined at k = 0
+        history={"update_norm": np.array([np.nan] + result.jumps), "error": np.array(result.errors, dtype=float)},
         timings=result.timings, counters=counters,
         solution={"boundaries": result.boundaries},
         data={"times": times, "y0": y0},

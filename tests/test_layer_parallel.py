@@ -1,0 +1,194 @@
+"""Layer-parallel ResNet training: Alg. 3 = SGD, co-state (backward) solves against autograd, the
+regression on a linear network, exact coupling = serial on 1-3 ranks, Alg. 4 accuracy on 2-4 ranks,
+bit-identical restart, and clear errors for bad input."""
+import h5py
+import numpy as np
+import pytest
+import torch
+from mpi4py import MPI
+
+from conftest import run_cli
+from paraflow_hpc.algorithms.layer_parallel import BatchStream, CostateRegression, train
+from paraflow_hpc.problems.datasets import load_dataset
+from paraflow_hpc.problems.resnet import (ResNetSpec, Subnetwork, full_forward, init_params, loss_value,
+                                          opening, layer_step, prolong, restrict)
+
+SMALL = ["--problem", "ellipses", "--samples", "400", "--depth", "8", "--width", "4", "--lr", "0.5",
+         "--batch-size", "32", "--eval-every", "50"]
+
+
+def tensors(name="ellipses", samples=300, seed=0):
+    ds = load_dataset(name, samples, seed)
+    return {k: torch.from_numpy(getattr(ds, k)) for k in ("x_train", "y_train", "x_test", "y_test")}, ds
+
+
+@pytest.mark.parametrize("scheme", ["euler", "verlet"])
+def test_serial_alg3_equals_sgd_with_backprop(scheme):
+    """Lemma 2.2: forward solve, backward (co-state) solve, update == torch SGD on the whole graph."""
+    data, ds = tensors()
+    spec = ResNetSpec(ds.in_dim, 3, 2, 6, scheme, final_time=2.0)
+    params = init_params(spec, seed=3)
+    result = train(MPI.COMM_SELF, spec, params, data, iterations=12, lr=0.3, batch_size=16, seed=5,
+                   coupling="exact", weight_decay=1e-3, eval_every=100)
+    ref = {n: t.clone().requires_grad_() for n, t in params.items()}
+    opt = torch.optim.SGD(ref.values(), lr=0.3, weight_decay=1e-3)
+    batches = BatchStream(len(data["y_train"]), 16, seed=5, stream=0)
+    for k in range(12):
+        idx = batches.indices(k)
+        opt.zero_grad()
+        loss_value(spec, full_forward(spec, ref, data["x_train"][idx]), data["y_train"][idx]).backward()
+        opt.step()
+    changed = torch.max(torch.abs(ref["K"].detach() - params["K"]))
+    assert changed > 1e-3  # the comparison is not between two untouched copies
+    for name, value in result.params.items():
+        torch.testing.assert_close(value, ref[name].detach(), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("scheme", ["verlet", "euler"])
+def test_backward_solve_matches_autograd_of_whole_net(scheme):
+    """Gradient check: the per-layer co-state recursion over two blocks gives autograd's gradients of
+    the whole network and, at every layer, the co-state dLoss/dX_j of the whole graph."""
+    data, ds = tensors()
+    spec = ResNetSpec(ds.in_dim, 3, 2, 8, scheme, final_time=3.0)
+    params = init_params(spec, seed=1)
+    params["b"] = 0.3 * torch.randn(params["b"].shape, dtype=torch.float64)
+    x, y = data["x_train"][:20], data["y_train"][:20]
+
+    left = Subnetwork(spec, {n: t[:3] if n in ("K", "b") else t for n, t in params.items()}, 0, 3)
+    right = Subnetwork(spec, {n: t[3:] if n in ("K", "b") else t for n, t in params.items()}, 3, 8)
+    right.forward(left.forward(x))
+    _, p_split, head_grads, _ = right.loss_costate(y)
+    p_mid, right_grads = right.backward(p_split)
+    none, left_grads = left.backward(p_mid)
+    assert none is None
+
+    ref = {n: t.clone().requires_grad_() for n, t in params.items()}
+    states = [opening(spec, x, ref["open_W"], ref["open_b"])]
+    for j in range(spec.depth):
+        states.append(layer_step(spec, states[-1], ref["K"][j], ref["b"][j]))
+    for s in states:
+        s.retain_grad()
+    out = states[-1][:, :spec.width] @ ref["head_W"].T + ref["head_b"]
+    loss_value(spec, out, y).backward()
+
+    torch.testing.assert_close(torch.cat([left_grads["K"], right_grads["K"]]), ref["K"].grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(torch.cat([left_grads["b"], right_grads["b"]]), ref["b"].grad, rtol=1e-12, atol=1e-14)
+    for name, grad in {**head_grads, "open_W": left_grads["open_W"], "open_b": left_grads["open_b"]}.items():
+        torch.testing.assert_close(grad, ref[name].grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(p_mid, states[3].grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(p_split, states[-1].grad, rtol=1e-12, atol=1e-14)
+    # and autograd itself against finite differences of the whole net (the Verlet step is differentiable)
+    small = {n: t[:2].clone() if n in ("K", "b") else t.clone() for n, t in params.items()}
+    spec2 = ResNetSpec(ds.in_dim, 3, 2, 2, scheme, final_time=1.0)
+
+    def f(K):
+        return loss_value(spec2, full_forward(spec2, {**small, "K": K}, x[:5]), y[:5])
+
+    assert torch.autograd.gradcheck(f, (small["K"].requires_grad_(),))
+
+
+def test_regression_recovers_exact_costate_map_of_linear_network():
+    """Identity activation, squared loss, targets an affine function of the input: the co-state at a
+    split point is exactly affine in the state there, and the least-squares fit recovers that map."""
+    torch.manual_seed(0)
+    spec = ResNetSpec(3, 3, 2, 6, "euler", final_time=1.5, activation="identity", loss="mse")
+    params = init_params(spec, seed=2)
+    params["b"] = 0.5 * torch.randn(params["b"].shape, dtype=torch.float64)
+    M, c = torch.randn(3, 2, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    left = Subnetwork(spec, {n: t[:4] if n in ("K", "b") else t for n, t in params.items()}, 0, 4)
+    right = Subnetwork(spec, {n: t[4:] if n in ("K", "b") else t for n, t in params.items()}, 4, 6)
+
+    def pair(n):
+        x = torch.randn(n, 3, dtype=torch.float64)
+        X = left.forward(x)
+        right.forward(X)
+        _, P, _, _ = right.loss_costate(x @ M + c)
+        p_in, _ = right.backward(P)
+        return X, p_in * n  # per-sample co-state
+
+    regression = CostateRegression(window=3, ridge=0.0)
+    for _ in range(5):  # more pairs than the window holds: the sliding window keeps the last 3
+        regression.add(*pair(8))
+    assert len(regression.xs) == 3
+    X, P = pair(50)
+    error = torch.max(torch.abs(regression.predict(X) - P)) / torch.max(torch.abs(P))
+    assert error < 1e-9
+    # a ridge penalty biases the fit: the exactness above is the regression's, not the test's
+    biased = CostateRegression(window=3, ridge=1.0)
+    for x_, p_ in zip(regression.xs, regression.ps):
+        biased.add(x_, p_)
+    assert torch.max(torch.abs(biased.predict(X) - P)) / torch.max(torch.abs(P)) > 1e-3
+
+
+def test_prolongation_and_restriction():
+    coarse = torch.randn(4, 3, 3, dtype=torch.float64)
+    fine = prolong(coarse)
+    assert fine.shape == (8, 3, 3) and torch.equal(fine[2], coarse[1]) and torch.equal(fine[3], coarse[1])
+    assert torch.equal(restrict(fine), coarse)
+
+
+def run(tmp_path, nranks, name, *args, **kwargs):
+    out = tmp_path / f"{name}-{nranks}.h5"
+    proc = run_cli(nranks, ["run", "layer-parallel", "--quiet", "--output", str(out), *SMALL, *args], **kwargs)
+    if proc.returncode:
+        return proc
+    with h5py.File(out, "r") as f:
+        return {"K": f["solution/K"][()], "b": f["solution/b"][()], "head_W": f["data/head_W"][()],
+                "open_W": f["data/open_W"][()], "loss": f["history/loss"][()],
+                "train_accuracy": f["history/eval_train_accuracy"][()],
+                "mse": f["history/regression_mse"][()] if "regression_mse" in f["history"] else None,
+                "timings": {k: f["timings"][k][()] for k in f["timings"]}, "blocks": f["data/layer_blocks"][()]}
+
+
+@pytest.mark.mpi
+def test_exact_coupling_equals_serial_update_on_1_2_3_ranks(tmp_path):
+    """Exact co-states and states exchanged before use: every rank count gives the serial iterates."""
+    opts = ["--coupling", "exact", "--iterations", "30", "--scheme", "verlet"]
+    results = {n: run(tmp_path, n, "exact", *opts) for n in (1, 2, 3)}
+    assert results[3]["blocks"].tolist() == [[0, 3], [3, 6], [6, 8]]
+    for n in (2, 3):
+        for key in ("K", "b", "head_W", "open_W", "loss"):
+            np.testing.assert_array_equal(results[n][key], results[1][key])
+        assert len(results[n]["timings"]["total"]) == n
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nranks,scheme", [(2, "verlet"), (3, "euler"), (4, "verlet")])
+def test_layer_parallel_reaches_serial_accuracy(tmp_path, nranks, scheme):
+    common = ["--iterations", "300", "--scheme", scheme]
+    serial = run(tmp_path, 1, "serial", "--coupling", "exact", *common)
+    parallel = run(tmp_path, nranks, "lp", "--coarse-iterations", "50", *common)
+    assert serial["train_accuracy"][-1] >= 0.95
+    assert parallel["train_accuracy"][-1] >= serial["train_accuracy"][-1] - 0.03
+    assert parallel["train_accuracy"][0] < 0.9  # it is the correction phase that trains the net
+    assert parallel["mse"].shape == (300, nranks - 1) and np.all(np.isfinite(parallel["mse"]))
+    assert not np.array_equal(parallel["K"], serial["K"])  # a different algorithm, not serial in disguise
+
+
+@pytest.mark.mpi
+def test_restart_resumes_bit_identically(tmp_path):
+    """A run that checkpoints at 10 and 20 and ends at 30 == a restart from the checkpoint at 20."""
+    ckpt = tmp_path / "lp.ckpt.h5"
+    opts = ["--iterations", "30", "--coarse-iterations", "8", "--checkpoint", str(ckpt), "--eval-every", "10"]
+    full = run(tmp_path, 2, "full", *opts, "--checkpoint-every", "10")
+    with h5py.File(ckpt, "r") as f:
+        assert '"iteration": 20' in f.attrs["meta"]
+        assert f["rank_00000/regression_x"].shape[0] > 0
+    resumed = run(tmp_path, 2, "resumed", *opts, "--restart", str(ckpt))
+    for key in ("K", "b", "head_W", "open_W", "loss", "mse", "train_accuracy"):
+        np.testing.assert_array_equal(resumed[key], full[key])
+    wrong = run(tmp_path, 2, "wrong", *opts[:-2], "--eval-every", "5", "--restart", str(ckpt), check=False)
+    assert wrong.returncode != 0 and "eval_every" in wrong.stdout + wrong.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nranks,args,message", [
+    (3, ["--depth", "4"], "2 coarse layers for 3 MPI ranks"),
+    (3, ["--depth", "2", "--coarse-iterations", "0"], "2 layers for 3 MPI ranks"),
+    (1, ["--depth", "7"], "depth = 7 is odd"),
+    (1, ["--scheme", "rk4"], "scheme = 'rk4' is not allowed; choose one of: euler, verlet"),
+])
+def test_bad_input_is_refused_clearly(tmp_path, nranks, args, message):
+    proc = run(tmp_path, nranks, "bad", *args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr

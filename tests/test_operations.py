@@ -1,0 +1,98 @@
+"""Operations: a killed rank, a full disk, and the report command."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import mpi_env, run_cli, run_script
+
+LONG_RUN = ["--problem", "lorenz", "--intervals", "8", "--coarse-steps", "16", "--fine-steps", "5000",
+            "--tol", "0", "--checkpoint-every", "1", "--quiet"]
+
+
+def _result(path):
+    with h5py.File(path, "r") as f:
+        return f["solution/boundaries"][()], f["history/update_norm"][()], f["history/error"][()]
+
+
+@pytest.mark.mpi
+def test_kill_one_rank_ends_job_and_restart_matches(tmp_path):
+    ck = tmp_path / "ck.h5"
+    cmd = ["mpirun", "-n", "2", sys.executable, "-m", "paraflow_hpc", "run", "parareal", *LONG_RUN,
+           "--output", str(tmp_path / "killed.h5"), "--checkpoint", str(ck)]
+    proc = subprocess.Popen(cmd, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not ck.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert ck.exists(), "no checkpoint written within 120 s"
+        ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(ranks) == 2, ranks
+        os.kill(int(ranks[-1]), signal.SIGKILL)
+        t0 = time.time()
+        proc.wait(timeout=60)  # bounded: no MPI hang after a rank dies
+        assert proc.returncode != 0
+        assert time.time() - t0 < 60
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (tmp_path / "killed.h5").exists()
+    with h5py.File(ck, "r") as f:
+        saved = json.loads(f.attrs["meta"])["iteration"]
+    assert saved >= 1
+    run_cli(2, ["run", "parareal", *LONG_RUN, "--restart", str(ck), "--checkpoint", str(tmp_path / "ck2.h5"),
+                "--output", str(tmp_path / "restarted.h5")], timeout=300)
+    run_cli(2, ["run", "parareal", *LONG_RUN, "--checkpoint-every", "0",
+                "--output", str(tmp_path / "full.h5")], timeout=300)
+    for restarted, full in zip(_result(tmp_path / "restarted.h5"), _result(tmp_path / "full.h5")):
+        np.testing.assert_array_equal(restarted, full)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to simulate a full disk: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.mpi
+def test_full_disk_keeps_last_checkpoint(small_filesystem):
+    result = run_script(2, "checkpoint_disk_full.py", small_filesystem, timeout=120)
+    assert "disk-full-ok" in result.stdout
+
+
+def test_report_tables_and_plots(tmp_path):
+    files = []
+    for n in (1, 2):
+        out = tmp_path / f"bru-{n}.h5"
+        run_cli(n, ["run", "parareal", "--problem", "brusselator", "--intervals", "8", "--coarse-steps", "20",
+                    "--fine-steps", "200", "--quiet", "--output", str(out)])
+        files.append(str(out))
+    done = subprocess.run([sys.executable, "-m", "paraflow_hpc", "report", *files, "--out", str(tmp_path / "rep")],
+                          capture_output=True, text=True, env=mpi_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = (tmp_path / "rep" / "summary.md").read_text().splitlines()
+    assert len(summary) == 4 and "bru-2.h5 | parareal | brusselator | 2" in summary[3]
+    assert "wall_seconds" in summary[0] and "error_final" in summary[0]
+    csv_lines = (tmp_path / "rep" / "summary.csv").read_text().splitlines()
+    assert len(csv_lines) == 3
+    import matplotlib.image as mpimg
+
+    for name in ("convergence.png", "timings.png", "scaling.png"):
+        image = mpimg.imread(tmp_path / "rep" / name)
+        assert image.shape[0] > 300 and image.shape[1] > 500 and image.std() > 0.01, name
+    bad = subprocess.run([sys.executable, "-m", "paraflow_hpc", "report", str(tmp_path / "none.h5")],
+                         capture_output=True, text=True, env=mpi_env(), timeout=60)
+    assert bad.returncode == 2 and "no such result file" in bad.stdout
