@@ -28,6 +28,10 @@ fi
 # Since Slurm 22.05 srun no longer inherits --cpus-per-task from the batch allocation.
 if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi
 
+# Torch methods get --device "$PARAFLOW_DEVICE": the GPUs only when the job was given some
+# (--gpus-per-task=1), since without cgroups a job could see GPUs it was not allocated.
+if [ "${SLURM_GPUS_ON_NODE:-0}" -gt 0 ]; then PARAFLOW_DEVICE=cuda; else PARAFLOW_DEVICE=cpu; fi
+
 PARAFLOW_RUNS=${PARAFLOW_RUNS:-$SLURM_SUBMIT_DIR/runs}
 if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
   RUN_DIR=$PARAFLOW_RUNS/${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID
@@ -40,11 +44,13 @@ if [ "${SLURM_RESTART_COUNT:-0}" -eq 0 ] && [ -n "$(ls -A "$RUN_DIR" 2>/dev/null
   paraflow_die "$RUN_DIR already holds files of an earlier job with the same id; move it away"
 fi
 mkdir -p "$RUN_DIR" || paraflow_die "cannot create the run directory $RUN_DIR"
-export PARAFLOW_ROOT RUN_DIR
+export PARAFLOW_ROOT PARAFLOW_DEVICE RUN_DIR
 
-# Everything from here on also goes to $RUN_DIR/job.log (appended across requeues). The EXIT
-# trap lets tee write its last lines before Slurm ends the job's remaining processes.
-exec > >(tee -a "$RUN_DIR/job.log") 2>&1
+# Everything from here on also goes to $RUN_DIR/job.log (appended across requeues). tee
+# ignores USR1/TERM (`scancel --full` signals every process of the batch step; a dead tee
+# would kill the shell with SIGPIPE) and ends when the shell closes its output; the EXIT
+# trap waits for it so the last lines are written before Slurm ends the job's processes.
+exec > >(trap '' USR1 TERM; exec tee -a "$RUN_DIR/job.log") 2>&1
 paraflow_tee=$!
 trap 'exec >&- 2>&-; wait "$paraflow_tee"' EXIT
 echo "[paraflow] job $SLURM_JOB_ID (${SLURM_JOB_NAME:-}) restart ${SLURM_RESTART_COUNT:-0} on" \

@@ -37,6 +37,8 @@ ClusterName=paraflow-local
 SlurmctldHost=$node(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
+# cred_expire (default 120 s) is also how long a requeued job waits before it may start again.
+AuthInfo=cred_expire=20
 CredType=cred/munge
 StateSaveLocation=$state/slurmctld
 SlurmdSpoolDir=$state/slurmd

@@ -61,12 +61,13 @@ def _load(registry: dict, name: str, what: str):
 def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
     from mpi4py import MPI
 
-    from .comm import abort_on_uncaught_exception, check_launch
+    from .comm import StopRequest, abort_on_uncaught_exception, check_launch
     from .config import ConfigError, build_config, describe, parse_overrides
     from .io.results import check_writable
 
     comm = MPI.COMM_WORLD
     abort_on_uncaught_exception(comm)
+    StopRequest.install()
     if kind == "run":
         from .runners import RUNNERS as registry
     else:

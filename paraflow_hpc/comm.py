@@ -131,15 +131,21 @@ class StopRequest:
     """
 
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    _installed: "StopRequest | None" = None
 
     def __init__(self):
         self.flag = False
         self.signal_name = ""
 
-    def install(self) -> "StopRequest":
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._handle)
-        return self
+    @classmethod
+    def install(cls) -> "StopRequest":
+        """The process-wide instance; handlers are registered once (the CLI does it at start-up,
+        so a signal that arrives before the first checkpoint hook exists is not lost)."""
+        if cls._installed is None:
+            cls._installed = cls()
+            for sig in cls.SIGNALS:
+                signal.signal(sig, cls._installed._handle)
+        return cls._installed
 
     def _handle(self, signum, frame):
         self.flag = True

@@ -96,3 +96,44 @@ def test_report_tables_and_plots(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "paraflow_hpc", "report", str(tmp_path / "none.h5")],
                          capture_output=True, text=True, env=mpi_env(), timeout=60)
     assert bad.returncode == 2 and "no such result file" in bad.stdout
+
+
+@pytest.mark.mpi
+def test_signal_to_one_rank_checkpoints_all_and_resumes_identically(tmp_path):
+    """Preemption: SIGUSR1 reaching one rank only; the ranks agree, checkpoint, exit 3; resume is exact."""
+    ck = tmp_path / "ck.h5"
+    args = [a for a in LONG_RUN if a != "--quiet"]
+    args[args.index("--checkpoint-every") + 1] = "0"  # only the signal triggers a checkpoint
+    cmd = ["mpirun", "-n", "2", sys.executable, "-m", "paraflow_hpc", "run", "parareal", *args,
+           "--output", str(tmp_path / "pre.h5"), "--checkpoint", str(ck)]
+    proc = subprocess.Popen(cmd, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        line = ""
+        while "iteration 1:" not in line and time.time() < deadline:
+            line = proc.stdout.readline()
+        ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        os.kill(int(ranks[-1]), signal.SIGUSR1)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 3, err
+    assert "stop requested" in out and "resume with --restart" in out
+    assert ck.exists() and not (tmp_path / "pre.h5").exists()
+    run_cli(2, ["run", "parareal", *LONG_RUN, "--checkpoint-every", "0", "--restart", str(ck),
+                "--checkpoint", str(tmp_path / "ck2.h5"), "--output", str(tmp_path / "resumed.h5")], timeout=300)
+    run_cli(2, ["run", "parareal", *LONG_RUN, "--checkpoint-every", "0", "--output", str(tmp_path / "full.h5")],
+            timeout=300)
+    for resumed, full in zip(_result(tmp_path / "resumed.h5"), _result(tmp_path / "full.h5")):
+        np.testing.assert_array_equal(resumed, full)
+
+
+def test_main_job_runs_end_to_end():
+    """The README's first command (set-up is a no-op once done)."""
+    done = subprocess.run(["bash", "jobs/main.sh", "--quiet"], capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "summary of results/parareal-lorenz.h5: method=parareal ranks=2 iterations=13 converged=True" \
+        in done.stdout

@@ -184,3 +184,17 @@ def test_missing_config_file_and_toml_overrides(tmp_path):
         ("brusselator", 4, 60, 20)
     result = run_cli(2, ["run", "parareal", "--config", str(tmp_path / "none.toml")], check=False)
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_scipy_fine_propagator(tmp_path):
+    """F = solve_ivp(DOP853): at k = N Parareal reproduces the serial chain of the same solver."""
+    result = run_parareal(tmp_path, 2, problem="dahlquist", intervals=4, coarse_steps=2, fine="dop853",
+                          fine_rtol=1e-9, fine_atol=1e-12, tol=0, k_max=0)
+    problem = ODE_PROBLEMS["dahlquist"]()
+    fine = make_propagator("dop853", problem.f, rtol=1e-9, atol=1e-12)
+    times = np.linspace(problem.t0, problem.tf, 5)
+    u, reference = problem.y0(), []
+    for n in range(4):
+        u = fine(u, times[n], times[n + 1])
+        reference.append(u)
+    assert np.max(np.abs(result["boundaries"] - np.array(reference))) <= 1e-12

@@ -308,7 +308,7 @@ class GaussNewton:
         F = self.x.duplicate()
         snes.setFunction(self.function, F)
         snes.setJacobian(self.jacobian, self.J, self.J)
-        snes.setObjective(self.objective)
+        #OBJ snes.setObjective(self.objective)
         # Defaults (paper: stop when ‖∇e‖ < tol_newton); the command line overrides all of them.
         snes.setType("newtonls")  # its default line search is bt (backtracking on the objective)
         snes.setTolerances(atol=atol, rtol=1e-30, stol=1e-15, max_it=max_it)

@@ -5,5 +5,6 @@ side by side in the same run (parallel vs its serial baseline).
 """
 BENCHES = {
     "parareal": "paraflow_hpc.bench.parareal",
+    "paso": "paraflow_hpc.bench.paso",
     "layer-parallel": "paraflow_hpc.bench.layer_parallel",
 }

@@ -18,7 +18,7 @@ class CheckpointHook:
     def __init__(self, comm, cfg, kind: str, identity: dict, progress=None):
         self.comm, self.kind, self.identity = comm, kind, identity
         self.path, self.every = cfg.checkpoint, cfg.checkpoint_every
-        self.stop = StopRequest().install()
+        self.stop = StopRequest.install()
         self.progress = progress
         self.written = 0
 

@@ -97,21 +97,23 @@ def warm_up(problem, opt, w0) -> None:
     sequential_reference(problem, opt, w0, 1)
 
 
-def run_reference(comm, cfg, problem, opt, w0, progress):
-    """torch.optim on every rank (identical, no communication); timed as the sequential baseline."""
+def run_reference(comm, problem, opt, w0, steps: int, keep_trajectory: bool):
+    """torch.optim on every rank (identical, no communication), timed as the sequential baseline.
+
+    Returns (w_T, losses, trajectory (T+1, n) or None, seconds of the slowest rank).
+    """
     trajectory = None
-    if cfg.reference == "trajectory":
-        trajectory = np.empty((cfg.steps + 1, w0.size))
+    if keep_trajectory:
+        trajectory = np.empty((steps + 1, w0.size))
         trajectory[0] = w0
 
     def record(step, w):
         trajectory[step] = w
 
-    timers = Timers()
     comm.Barrier()
-    w_final, losses = sequential_reference(problem, opt, w0, cfg.steps, record if trajectory is not None else None)
+    timers = Timers()
+    w_final, losses = sequential_reference(problem, opt, w0, steps, record if keep_trajectory else None)
     seconds = comm.allreduce(timers.elapsed(), op=MPI.MAX)
-    progress(f"sequential torch.optim reference: {seconds:.3f} s, final batch loss {losses[-1]:.5f}")
     return w_final, losses, trajectory, seconds
 
 
@@ -135,7 +137,9 @@ def main(cfg: Config, comm) -> int:
     reference = None
     seq_seconds = float("nan")
     if cfg.reference != "none":
-        w_seq, seq_losses, trajectory, seq_seconds = run_reference(comm, cfg, problem, opt, w0, progress)
+        w_seq, seq_losses, trajectory, seq_seconds = run_reference(comm, problem, opt, w0, cfg.steps,
+                                                                   cfg.reference == "trajectory")
+        progress(f"sequential torch.optim reference: {seq_seconds:.3f} s, final batch loss {seq_losses[-1]:.5f}")
         reference = TrajectoryComparison(trajectory) if trajectory is not None else None
 
     hook = CheckpointHook(comm, cfg, "paso", cfg.identity(), progress)

@@ -1,0 +1,146 @@
+"""``paraflow-hpc bench paso``: torch.optim sequentially vs PASO on the same ranks, in one run.
+
+For every (problem, optimizer): the sequential torch.optim run (every rank runs it, as
+one process would; the slowest rank's time counts) and PASO with p = s·P window steps,
+timed back to back from the same w_0 with the same batches. Reported: T, K, the step
+reduction T/K, the cost ratio m = (gradients evaluated)/T, final full-train loss and
+test accuracy of both, the mean squared trajectory difference, the wall-clock of both,
+and App. C's predicted speed-up S = P / (m (1 + α P / p)) from the measured
+α = t_comm / t_comp (t_comm: communication seconds per PASO iteration, t_comp:
+seconds per gradient inside the vmap'ed window, both averaged over the ranks).
+A sweep over window sizes p follows (the paper's Table 4 / Fig. 7 analogue).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from mpi4py import MPI
+
+from ..algorithms.paso import OPTIMIZERS, OptimizerSpec, paso
+from ..comm import Progress, Timers, torch_device
+from ..config import RunConfig, option, require
+from ..io.results import write_result
+from ..problems.models import PROBLEMS, make_problem
+from ..runners.paso import TrajectoryComparison, run_reference, warm_up
+
+# Learning rates that train each model in a few hundred steps (AdamW adds weight decay 0.01).
+LEARNING_RATES = {"sgd": 0.1, "momentum": 0.03, "adam": 0.003, "adamw": 0.003}
+COMM_TIMERS = ("scan", "reduce", "bcast")
+
+
+@dataclass
+class Config(RunConfig):
+    method = "bench-paso"
+    problems: list[str] = field(default_factory=lambda: list(PROBLEMS),
+                                metadata={"help": "models to run", "choices": None})
+    optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS),
+                                  metadata={"help": "optimizers to run", "choices": None})
+    steps: int = option(200, "optimizer steps T of every case")
+    per_rank: int = option(4, "window steps per rank s (p = s * ranks)")
+    batch: int = option(32, "mini-batch size")
+    tol: float = option(1e-10, "initial tolerance δ")
+    tol_adapt: str = option("median", "𝒜 of the EMA update (10)", choices=["mean", "median", "fixed"])
+    ema_decay: float = option(0.999, "EMA decay λ")
+    sweep_problem: str = option("mlp", "model of the window-size sweep", choices=list(PROBLEMS))
+    sweep_optimizer: str = option("sgd", "optimizer of the window-size sweep", choices=list(OPTIMIZERS))
+    sweep_windows: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32],
+                                     metadata={"help": "window sizes p of the sweep (empty: no sweep)",
+                                               "choices": None})
+    device: str = option("auto", "torch device", choices=["auto", "cpu", "cuda"])
+    table: str = option("", "markdown table file (default: next to the HDF5 output)")
+
+    def validate(self, comm_size: int) -> None:
+        super().validate(comm_size)
+        for name in self.problems:
+            require(name in PROBLEMS, f"problems: {name!r} is unknown; choose from {', '.join(PROBLEMS)}")
+        for name in self.optimizers:
+            require(name in OPTIMIZERS, f"optimizers: {name!r} is unknown; choose from {', '.join(OPTIMIZERS)}")
+        require(self.steps >= 1, f"steps = {self.steps}: must be >= 1")
+        require(self.per_rank >= 1, f"per_rank = {self.per_rank}: must be >= 1")
+        require(all(p >= 1 for p in self.sweep_windows), f"sweep_windows = {self.sweep_windows}: each p must be >= 1")
+        require(self.tol >= 0, f"tol = {self.tol}: must be >= 0")
+        require(0 <= self.ema_decay <= 1, f"ema_decay = {self.ema_decay}: must be in [0, 1]")
+
+    def default_output(self) -> str:
+        return os.path.join("results", "bench-paso.h5")
+
+
+def run_case(comm, cfg: Config, problem_name: str, optimizer: str, window: int, progress) -> dict:
+    problem = make_problem(problem_name, cfg.seed, cfg.batch, torch_device(comm, cfg.device))
+    opt = OptimizerSpec(optimizer, LEARNING_RATES[optimizer], cfg.steps,
+                        weight_decay=0.01 if optimizer == "adamw" else 0.0)
+    w0 = problem.initial_weights()
+    warm_up(problem, opt, w0)
+    w_seq, _, trajectory, seq_seconds = run_reference(comm, problem, opt, w0, cfg.steps, keep_trajectory=True)
+    comparison = TrajectoryComparison(trajectory)
+
+    comm.Barrier()
+    wall = Timers()
+    result = paso(comm, problem, opt, w0, total_steps=cfg.steps, window=window, tol=cfg.tol,
+                  adapt=cfg.tol_adapt, ema_decay=cfg.ema_decay, on_converged=comparison)
+    paso_seconds = comm.allreduce(wall.elapsed(), op=MPI.MAX)
+
+    k = result.iterations
+    gradients = comm.allreduce(result.state.gradients, op=MPI.SUM)
+    comm_seconds = sum(result.timings.get(name, 0.0) for name in COMM_TIMERS)
+    t_comm = comm.allreduce(comm_seconds / k, op=MPI.SUM) / comm.size
+    t_comp = comm.allreduce(result.timings["gradient"] / max(result.state.gradients, 1), op=MPI.SUM) / comm.size
+    alpha = t_comm / t_comp
+    m = gradients / cfg.steps
+    seq_eval, paso_eval = problem.evaluate(w_seq), problem.evaluate(result.w_final)
+    row = {
+        "problem": problem_name, "optimizer": optimizer, "ranks": comm.size, "steps": cfg.steps, "window": window,
+        "iterations": k, "step_reduction": cfg.steps / k, "cost_ratio_m": m,
+        "seq_train_loss": seq_eval["train_loss"], "paso_train_loss": paso_eval["train_loss"],
+        "seq_test_accuracy": seq_eval["test_accuracy"], "paso_test_accuracy": paso_eval["test_accuracy"],
+        "trajectory_msd": comparison.mean(comm), "n_params": problem.n_params,
+        "seq_seconds": seq_seconds, "paso_seconds": paso_seconds, "speedup": seq_seconds / paso_seconds,
+        "alpha": alpha, "model_speedup": comm.size / (m * (1 + alpha * comm.size / window)),
+        "timings": result.timings,
+    }
+    progress(f"{problem_name}/{optimizer} p = {window}: K = {k} (T/K = {row['step_reduction']:.2f}, m = {m:.2f}), "
+             f"speed-up {row['speedup']:.2f} (App. C model {row['model_speedup']:.2f}, α = {alpha:.3f}), "
+             f"test accuracy {seq_eval['test_accuracy']:.4f} -> {paso_eval['test_accuracy']:.4f}")
+    return row
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    head = (f"{title}\n\n| model | optimizer | n | T | p | K | T/K | m | train loss seq / PASO | "
+            "test acc seq / PASO | mean ‖Δw_t‖² | seq [s] | PASO [s] | speed-up | α | App. C S |\n|"
+            + "---|" * 16 + "\n")
+    return head + "".join(
+        f"| {r['problem']} | {r['optimizer']} | {r['n_params']} | {r['steps']} | {r['window']} | {r['iterations']} | "
+        f"{r['step_reduction']:.2f} | {r['cost_ratio_m']:.2f} | {r['seq_train_loss']:.4f} / {r['paso_train_loss']:.4f} | "
+        f"{r['seq_test_accuracy']:.4f} / {r['paso_test_accuracy']:.4f} | {r['trajectory_msd']:.1e} | "
+        f"{r['seq_seconds']:.2f} | {r['paso_seconds']:.2f} | {r['speedup']:.2f} | {r['alpha']:.3f} | "
+        f"{r['model_speedup']:.2f} |\n" for r in rows) + "\n"
+
+
+def main(cfg: Config, comm) -> int:
+    progress = Progress(comm, cfg.quiet)
+    window = cfg.per_rank * comm.size
+    progress(f"PASO benchmark on {comm.size} ranks: T = {cfg.steps}, p = {cfg.per_rank} x {comm.size} = {window}")
+    rows = [run_case(comm, cfg, problem, optimizer, window, progress)
+            for problem in cfg.problems for optimizer in cfg.optimizers]
+    sweep = [run_case(comm, cfg, cfg.sweep_problem, cfg.sweep_optimizer, p, progress) for p in cfg.sweep_windows]
+
+    everything = rows + sweep
+    numeric = [k for k in everything[0] if k not in ("problem", "optimizer", "timings")]
+    labels = [f"{r['problem']}/{r['optimizer']}/p{r['window']}" for r in everything]
+    write_result(comm, cfg.output, method="bench-paso", config=cfg.as_dict(),
+                 data={k: np.array([r[k] for r in everything], dtype=float) for k in numeric}
+                 | {"case": np.array(labels, dtype="S"), "in_sweep": np.array([0] * len(rows) + [1] * len(sweep))},
+                 timings={f"{label}/{k}": v for label, r in zip(labels, everything) for k, v in r["timings"].items()})
+    table = markdown(rows, f"### Sequential torch.optim vs PASO, {comm.size} ranks, p = {window}")
+    if sweep:
+        table += markdown(sweep, f"### Window-size sweep: {cfg.sweep_problem} / {cfg.sweep_optimizer}, "
+                                 f"{comm.size} ranks")
+    if comm.rank == 0:
+        path = cfg.table or cfg.output[:-3] + ".md"
+        with open(path, "w") as fh:
+            fh.write(table)
+        print(table, flush=True)
+        progress(f"HDF5: {cfg.output}, table: {path}")
+    return 0
