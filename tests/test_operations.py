@@ -132,8 +132,10 @@ def test_signal_to_one_rank_checkpoints_all_and_resumes_identically(tmp_path):
 
 def test_main_job_runs_end_to_end():
     """The README's first command (set-up is a no-op once done)."""
+    # env from os.environ, not the C environment: once this pytest process has initialised MPI
+    # as a singleton, Open MPI's variables in the latter make a child mpirun exit 1 silently.
     done = subprocess.run(["bash", "jobs/main.sh", "--quiet"], capture_output=True, text=True, timeout=600,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert done.returncode == 0, done.stderr[-3000:]
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=mpi_env())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "summary of results/parareal-lorenz.h5: method=parareal ranks=2 iterations=13 converged=True" \
         in done.stdout
