@@ -1,5 +1,6 @@
 """PASO: exactness against torch.optim, Proposition 2, rank-count independence, operations."""
 import json
+import signal
 
 import h5py
 import numpy as np
@@ -10,6 +11,7 @@ from conftest import run_cli, run_script
 from paraflow_hpc.algorithms.paso import OptimizerSpec, paso, sequential_reference
 from paraflow_hpc.config import ConfigError, build_config
 from paraflow_hpc.problems.models import make_problem
+from paraflow_hpc.runners import paso as paso_runner
 from paraflow_hpc.runners.paso import Config
 
 OPTIMIZERS = ["sgd", "momentum", "adam", "adamw"]
@@ -35,7 +37,7 @@ def test_zero_tolerance_reproduces_torch_optim(mpi_results):
     """tol -> 0: PASO's w_T is torch.optim's w_T to round-off, for every optimizer and rank count."""
     for nranks, results in mpi_results.items():
         exact = [c for c in cases(results) if c.endswith("_exact")]
-        assert len(exact) == 6
+        assert len(exact) == 7
         for case in exact:
             w, seq = results[case + "_w"], results[case + "_seq"]
             scale = np.max(np.abs(seq))
@@ -64,13 +66,13 @@ def test_rank_count_gives_same_iterates_and_iterations(mpi_results, nranks):
         assert np.max(np.abs(many[case + "_w"] - w1)) <= 1e-11 * np.max(np.abs(w1)), case
 
 
-def _single_rank_run(optimizer, total_steps, window, stop_after=None):
-    problem = make_problem("logreg", 1, 16)
+def _single_rank_run(optimizer, total_steps, window, stop_after=None, tol=0.0, lr=None, problem="logreg", **spec):
+    problem = make_problem(problem, 1, 16)
     w0 = problem.initial_weights()
-    opt = OptimizerSpec(optimizer, LR[optimizer], total_steps)
+    opt = OptimizerSpec(optimizer, lr or LR[optimizer], total_steps, **spec)
     trajectory = [w0]
     sequential_reference(problem, opt, w0, total_steps, on_step=lambda t, w: trajectory.append(w))
-    result = paso(MPI.COMM_SELF, problem, opt, w0, total_steps=total_steps, window=window, tol=0.0,
+    result = paso(MPI.COMM_SELF, problem, opt, w0, total_steps=total_steps, window=window, tol=tol,
                   adapt="fixed", after_iteration=(lambda s: s.k >= stop_after) if stop_after else None)
     return result, np.array(trajectory)
 
@@ -90,10 +92,50 @@ def test_proposition_2_at_most_T_iterations(optimizer):
         assert np.allclose(partial.state.w_left, trajectory[t], rtol=0, atol=1e-13)
 
 
+def test_iteration_count_on_convex_problem():
+    """Logistic regression, SGD, T = 40, fixed δ = 1e-12. A window of p steps advances by 1 .. p
+    steps per iteration, so ceil(T/p) <= K <= T, and p = 1 is the sequential run (K = T). The
+    fixed-point iteration contracts like (ηL)^k along the window (L: the loss's Lipschitz
+    constant of the gradient), so a smaller learning rate needs fewer iterations."""
+    T, p, tol = 40, 10, 1e-12
+    sequential, trajectory = _single_rank_run("sgd", T, 1, tol=tol)
+    assert sequential.iterations == T and sequential.state.strides == [1] * T
+    assert np.allclose(sequential.w_final, trajectory[-1], rtol=0, atol=1e-14)
+    iterations = []
+    for lr in (0.2, 0.05, 0.01):
+        result, trajectory = _single_rank_run("sgd", T, p, tol=tol, lr=lr)
+        assert -(-T // p) <= result.iterations < T, lr
+        assert max(result.state.strides) <= p and sum(result.state.strides) == T
+        assert np.max(np.abs(result.w_final - trajectory[-1])) < 1e-5, lr
+        iterations.append(result.iterations)
+    assert iterations[0] > iterations[1] > iterations[2], iterations
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_gradient_clipping_is_exact(optimizer):
+    """clip_norm > 0 clips each step's gradient as torch.nn.utils.clip_grad_norm_; with tol = 0
+    PASO still reproduces torch.optim (with clipping) to round-off."""
+    T = 16
+    clipped, trajectory = _single_rank_run(optimizer, T, 8, clip_norm=0.05)
+    _, unclipped = _single_rank_run(optimizer, T, 8)
+    assert np.max(np.abs(trajectory[-1] - unclipped[-1])) > 1e-3  # the clipping is active
+    assert np.allclose(clipped.w_final, trajectory[-1], rtol=0, atol=1e-13)
+
+
+def test_ackley_adam_is_exact():
+    """The review-response problem (Ackley, d = 10⁴, Adam lr 1e-3), shortened: tol = 0 gives
+    torch.optim's Adam iterates; f decreases along them."""
+    result, trajectory = _single_rank_run("adam", 12, 4, lr=1e-3, problem="ackley")
+    assert trajectory.shape[1] == 10_000
+    assert np.allclose(result.w_final, trajectory[-1], rtol=0, atol=1e-12)
+    assert result.state.losses[-1] < result.state.losses[0]
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"window": "0"}, "window = 0"), ({"steps": "0"}, "steps = 0"),
     ({"optimizer": "lbfgs"}, "optimizer = 'lbfgs' is not allowed"), ({"tol": "-1"}, "tol = -1.0"),
     ({"ema_decay": "1.5"}, "ema_decay = 1.5"), ({"tol_adapt": "max"}, "tol_adapt = 'max'"),
+    ({"clip_norm": "-1"}, "clip_norm = -1.0"),
 ])
 def test_bad_options_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
@@ -101,7 +143,7 @@ def test_bad_options_are_refused(overrides, message):
 
 
 def test_cli_result_checkpoint_and_identical_restart(tmp_path):
-    args = ["run", "paso", "--problem", "mlp", "--optimizer", "adam", "--lr", "0.01", "--steps", "30",
+    args = ["run", "paso", "--problem", "logreg", "--optimizer", "adam", "--lr", "0.01", "--steps", "30",
             "--window", "4", "--checkpoint-every", "3", "--quiet"]
     first = tmp_path / "first.h5"
     run_cli(2, args + ["--output", first], timeout=240)
@@ -123,14 +165,36 @@ def test_cli_result_checkpoint_and_identical_restart(tmp_path):
         assert a.attrs["trajectory_msd"] == b.attrs["trajectory_msd"]
 
 
-def test_cli_bad_input_and_non_finite_loss(tmp_path):
-    bad = run_cli(1, ["run", "paso", "--window", "0", "--output", tmp_path / "x.h5"], check=False)
-    assert bad.returncode == 2 and "window = 0" in bad.stderr
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
+    """The runner itself, in-process on one rank: exit code 4, the step named, the checkpoint kept."""
     out = tmp_path / "nan.h5"
-    diverged = run_cli(2, ["run", "paso", "--problem", "cnn", "--lr", "1e200", "--steps", "20", "--window", "4",
-                           "--reference", "none", "--checkpoint-every", "1", "--quiet", "--output", out],
-                       check=False, timeout=240)
-    # EXIT_DIVERGED = 4; under ``python -m mpi4py`` mpirun may report the abort as 1 instead
-    assert diverged.returncode != 0, diverged.stderr[-2000:]
-    assert "non-finite loss at step 1" in diverged.stderr
+    cfg = build_config(Config, None, {"problem": "cnn", "lr": "1e200", "steps": "20", "window": "4",
+                                      "reference": "none", "checkpoint_every": "1", "quiet": "true",
+                                      "output": str(out)}, 1)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    try:  # the runner's CheckpointHook takes over SIGUSR1/SIGTERM: give them back afterwards
+        assert paso_runner.main(cfg, MPI.COMM_SELF) == paso_runner.EXIT_DIVERGED
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert "non-finite loss at step 1" in capsys.readouterr().err
     assert (tmp_path / "nan.ckpt.h5").exists() and not out.exists()
+
+
+def test_bench_writes_every_group_and_table(tmp_path):
+    """``paraflow-hpc bench paso`` with tiny settings: every group in the HDF5 file and the table."""
+    out = tmp_path / "bench.h5"
+    run_cli(2, ["bench", "paso", "--problems", "logreg", "--optimizers", "adam", "--steps", "12",
+                "--sweep-windows", "4", "--ackley-steps", "8", "--rules-problem", "logreg", "--quiet",
+                "--output", out], timeout=240)
+    with h5py.File(out) as f:
+        data = {k: f["data"][k][()] for k in f["data"]}
+    assert list(data["group"]) == [0, 1, 2, 2, 3, 3, 3, 3, 3]
+    assert np.allclose(data["step_reduction"], data["steps"] / data["iterations"])
+    assert np.all(data["iterations"] >= np.ceil(data["steps"] / data["window"]))
+    assert np.all(data["cost_ratio_m"] >= 1)  # every accepted step needed at least one gradient
+    assert np.all(np.isnan(data["seq_test_accuracy"][2:4]))  # Ackley has no test set
+    assert data["trajectory_msd"][-1] < 1e-8  # fixed δ = 1e-12
+    text = (tmp_path / "bench.md").read_text()
+    for title in ("Sequential torch.optim vs PASO", "Window-size sweep", "Ackley", "Tolerance rules"):
+        assert title in text

@@ -50,10 +50,13 @@ class OptimizerSpec:
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0           # L2 added to the gradient; decoupled for adamw
+    clip_norm: float = 0.0              # > 0: clip each step's gradient to this global norm (off: 0)
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if not self.clip_norm >= 0:
+            raise ValueError(f"clip_norm = {self.clip_norm}: must be >= 0 (0 turns clipping off)")
 
     def lr_at(self, step: int) -> float:
         if self.schedule == "cosine":
@@ -74,22 +77,27 @@ class OptimizerSpec:
         return []
 
     def gradient(self, g: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """Coupled L2 weight decay enters the gradient (torch's weight_decay for sgd/adam)."""
+        """Rows g_τ as the optimizer sees them: clipped as torch.nn.utils.clip_grad_norm_ does (a
+        function of g_τ alone, so exactness is kept), then coupled L2 weight decay (torch's
+        weight_decay for sgd/adam, applied inside the optimizer, i.e. after clipping)."""
+        if self.clip_norm:
+            coef = self.clip_norm / (np.linalg.norm(g, axis=-1, keepdims=True) + 1e-6)
+            g = g * np.minimum(coef, 1.0)
         if self.weight_decay and self.name != "adamw":
             return g + self.weight_decay * w
         return g
 
-    def update_term(self, step: int, w: np.ndarray, g: np.ndarray, state_after: list) -> np.ndarray:
-        """c_τ, with w_{τ+1} = w_τ − c_τ; ``state_after`` = the recurrences' values x_{τ+1}."""
-        lr = self.lr_at(step)
+    def update_terms(self, steps: np.ndarray, w: np.ndarray, g: np.ndarray, states_after: np.ndarray) -> np.ndarray:
+        """c_τ for several steps (rows), with w_{τ+1} = w_τ − c_τ; ``states_after``: x_{τ+1}, (s, channels, n)."""
+        lr = np.array([self.lr_at(int(step)) for step in steps])[:, None]
         if self.name == "sgd":
             return lr * g
         if self.name == "momentum":
-            return lr * state_after[0]
+            return lr * states_after[:, 0]
         b1, b2 = self.betas
-        count = step + 1  # torch's state["step"] after this step
-        m, v = state_after
-        denom = np.sqrt(v) / math.sqrt(1 - b2 ** count) + self.eps
+        count = (np.asarray(steps) + 1.0)[:, None]  # torch's state["step"] after step τ
+        m, v = states_after[:, 0], states_after[:, 1]
+        denom = np.sqrt(v) / np.sqrt(1 - b2 ** count) + self.eps
         c = (lr / (1 - b1 ** count)) * m / denom
         if self.name == "adamw":
             c = c + (lr * self.weight_decay) * w
@@ -273,33 +281,31 @@ def paso(comm, problem, opt: OptimizerSpec, w0: np.ndarray, *, total_steps: int,
                 else:
                     grads, losses = np.zeros((0, n)), np.zeros(0)
             with timers("update"):
-                grads = np.stack([opt.gradient(g, w) for g, w in zip(grads, guesses)]) if len(own) else grads
-                bad = ~np.isfinite(grads).all(axis=1)
-                losses = np.where(bad, np.nan, losses)
+                grads = opt.gradient(grads, guesses)
+                losses = np.where(np.isfinite(grads).all(axis=1), losses, np.nan)
 
-            # Optimizer state x_{τ+1} at every own step, from the exact x_t.
-            states_after = np.zeros((len(own), len(decays), n))
-            states_before = np.zeros_like(states_after)
+            # Optimizer state x_τ (before) and x_{τ+1} (after) at every own step, from the exact x_t.
+            states_before = np.zeros((len(own), len(decays), n))
+            states_after = states_before
             x_end = state.x_left
             if state_scan is not None:
                 with timers("update"):
                     rows = state_scan.identity(blocks)
-                    for i, g in enumerate(grads):
-                        rows[rows_of[i], :, 0] = decays
-                        rows[rows_of[i], :, 1:] = np.stack(opt.state_inputs(g))
+                    inputs = np.stack(opt.state_inputs(grads), axis=1) if len(own) else 0.0
+                    rows[rows_of, :, 0] = decays
+                    rows[rows_of, :, 1:] = inputs
                 with timers("scan"):
                     before, total = window_prefix(comm, state_scan, rows)
                 with timers("update"):
-                    for i in range(len(own)):
-                        states_before[i] = before[rows_of[i], :, :1] * state.x_left + before[rows_of[i], :, 1:]
-                        states_after[i] = decays[:, None] * states_before[i] + rows[rows_of[i], :, 1:]
+                    states_before = before[rows_of, :, :1] * state.x_left + before[rows_of, :, 1:]
+                    states_after = decays[:, None] * states_before + inputs
                     x_end = total[:, :1] * state.x_left + total[:, 1:]
 
             # Update terms and the new guesses ŵ_τ = w_t − Σ_{t<=j<τ} c_j.
             with timers("update"):
                 rows = weights_scan.identity(blocks)
-                for i, step in enumerate(own):
-                    rows[rows_of[i]] = opt.update_term(int(step), guesses[i], grads[i], list(states_after[i]))
+                if len(own):
+                    rows[rows_of] = opt.update_terms(own, guesses, grads, states_after)
             with timers("scan"):
                 before, total = window_prefix(comm, weights_scan, rows)
             with timers("update"), np.errstate(over="ignore", invalid="ignore"):  # a diverging guess gives d = inf
@@ -391,6 +397,8 @@ def sequential_reference(problem, opt: OptimizerSpec, w0: np.ndarray, total_step
         optimizer.zero_grad()
         loss = problem.loss(model(x), y)
         loss.backward()
+        if opt.clip_norm:
+            torch.nn.utils.clip_grad_norm_(params, opt.clip_norm, foreach=False)
         optimizer.step()
         losses.append(loss.item())
         if on_step is not None:

@@ -8,7 +8,10 @@ test accuracy of both, the mean squared trajectory difference, the wall-clock of
 and App. C's predicted speed-up S = P / (m (1 + α P / p)) from the measured
 α = t_comm / t_comp (t_comm: communication seconds per PASO iteration, t_comp:
 seconds per gradient inside the vmap'ed window, both averaged over the ranks).
-A sweep over window sizes p follows (the paper's Table 4 / Fig. 7 analogue).
+A sweep over window sizes p follows (the paper's Table 4 / Fig. 7 analogue), then the
+PASO review-response case: Ackley's function, d = 10⁴, Adam lr 1e-3, T = 1000, p = 8 when
+run on 2 ranks (the published numbers: Adam 1000 steps, PASO 86 iterations), and one hard
+case (CNN / SGD) under other tolerance rules: slower EMA, mean, fixed absolute δ.
 """
 from __future__ import annotations
 
@@ -25,15 +28,21 @@ from ..io.results import write_result
 from ..problems.models import PROBLEMS, make_problem
 from ..runners.paso import TrajectoryComparison, run_reference, warm_up
 
+TRAINING_PROBLEMS = [name for name in PROBLEMS if name != "ackley"]
+
 # Learning rates that train each model in a few hundred steps (AdamW adds weight decay 0.01).
 LEARNING_RATES = {"sgd": 0.1, "momentum": 0.03, "adam": 0.003, "adamw": 0.003}
 COMM_TIMERS = ("scan", "reduce", "bcast")
+GROUPS = ("main", "sweep", "ackley", "rules")  # data/group indexes this
+# (𝒜, λ, δ) of the tolerance-rule comparison; None: the configured value.
+RULES = ((None, None, None), ("median", 0.9999, None), ("mean", None, None), ("fixed", None, 1e-10),
+         ("fixed", None, 1e-12))
 
 
 @dataclass
 class Config(RunConfig):
     method = "bench-paso"
-    problems: list[str] = field(default_factory=lambda: list(PROBLEMS),
+    problems: list[str] = field(default_factory=lambda: list(TRAINING_PROBLEMS),
                                 metadata={"help": "models to run", "choices": None})
     optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS),
                                   metadata={"help": "optimizers to run", "choices": None})
@@ -48,6 +57,10 @@ class Config(RunConfig):
     sweep_windows: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32],
                                      metadata={"help": "window sizes p of the sweep (empty: no sweep)",
                                                "choices": None})
+    rules_problem: str = option("cnn", "model of the tolerance-rule comparison (empty: skip it)",
+                                choices=["", *PROBLEMS])
+    rules_optimizer: str = option("sgd", "optimizer of the tolerance-rule comparison", choices=list(OPTIMIZERS))
+    ackley_steps: int = option(1000, "steps T of the Ackley / Adam case (0: skip it)")
     device: str = option("auto", "torch device", choices=["auto", "cpu", "cuda"])
     table: str = option("", "markdown table file (default: next to the HDF5 output)")
 
@@ -60,6 +73,9 @@ class Config(RunConfig):
         require(self.steps >= 1, f"steps = {self.steps}: must be >= 1")
         require(self.per_rank >= 1, f"per_rank = {self.per_rank}: must be >= 1")
         require(all(p >= 1 for p in self.sweep_windows), f"sweep_windows = {self.sweep_windows}: each p must be >= 1")
+        require(self.ackley_steps >= 0, f"ackley_steps = {self.ackley_steps}: must be >= 0 (0 skips the case)")
+        require((self.problems and self.optimizers) or self.sweep_windows or self.ackley_steps or self.rules_problem,
+                "nothing to run: give problems and optimizers, sweep_windows, ackley_steps or rules_problem")
         require(self.tol >= 0, f"tol = {self.tol}: must be >= 0")
         require(0 <= self.ema_decay <= 1, f"ema_decay = {self.ema_decay}: must be in [0, 1]")
 
@@ -67,19 +83,28 @@ class Config(RunConfig):
         return os.path.join("results", "bench-paso.h5")
 
 
-def run_case(comm, cfg: Config, problem_name: str, optimizer: str, window: int, progress) -> dict:
+def training_optimizer(cfg: Config, optimizer: str) -> OptimizerSpec:
+    return OptimizerSpec(optimizer, LEARNING_RATES[optimizer], cfg.steps,
+                         weight_decay=0.01 if optimizer == "adamw" else 0.0)
+
+
+def run_case(comm, cfg: Config, problem_name: str, opt: OptimizerSpec, window: int, progress,
+             adapt: str | None = None, ema_decay: float | None = None, tol: float | None = None) -> dict:
+    """One sequential run and one PASO run; ``adapt``, ``ema_decay``, ``tol`` override the config's rule."""
+    adapt = adapt or cfg.tol_adapt
+    ema_decay = cfg.ema_decay if ema_decay is None else ema_decay
+    tol = cfg.tol if tol is None else tol
+    steps, optimizer = opt.total_steps, opt.name
     problem = make_problem(problem_name, cfg.seed, cfg.batch, torch_device(comm, cfg.device))
-    opt = OptimizerSpec(optimizer, LEARNING_RATES[optimizer], cfg.steps,
-                        weight_decay=0.01 if optimizer == "adamw" else 0.0)
     w0 = problem.initial_weights()
     warm_up(problem, opt, w0)
-    w_seq, _, trajectory, seq_seconds = run_reference(comm, problem, opt, w0, cfg.steps, keep_trajectory=True)
+    w_seq, _, trajectory, seq_seconds = run_reference(comm, problem, opt, w0, steps, keep_trajectory=True)
     comparison = TrajectoryComparison(trajectory)
 
     comm.Barrier()
     wall = Timers()
-    result = paso(comm, problem, opt, w0, total_steps=cfg.steps, window=window, tol=cfg.tol,
-                  adapt=cfg.tol_adapt, ema_decay=cfg.ema_decay, on_converged=comparison)
+    result = paso(comm, problem, opt, w0, total_steps=steps, window=window, tol=tol,
+                  adapt=adapt, ema_decay=ema_decay, on_converged=comparison)
     paso_seconds = comm.allreduce(wall.elapsed(), op=MPI.MAX)
 
     k = result.iterations
@@ -88,11 +113,11 @@ def run_case(comm, cfg: Config, problem_name: str, optimizer: str, window: int, 
     t_comm = comm.allreduce(comm_seconds / k, op=MPI.SUM) / comm.size
     t_comp = comm.allreduce(result.timings["gradient"] / max(result.state.gradients, 1), op=MPI.SUM) / comm.size
     alpha = t_comm / t_comp
-    m = gradients / cfg.steps
+    m = gradients / steps
     seq_eval, paso_eval = problem.evaluate(w_seq), problem.evaluate(result.w_final)
     row = {
-        "problem": problem_name, "optimizer": optimizer, "ranks": comm.size, "steps": cfg.steps, "window": window,
-        "iterations": k, "step_reduction": cfg.steps / k, "cost_ratio_m": m,
+        "problem": problem_name, "optimizer": optimizer, "ranks": comm.size, "steps": steps, "window": window,
+        "adapt": adapt, "ema_decay": ema_decay, "tol": tol, "iterations": k, "step_reduction": steps / k, "cost_ratio_m": m,
         "seq_train_loss": seq_eval["train_loss"], "paso_train_loss": paso_eval["train_loss"],
         "seq_test_accuracy": seq_eval["test_accuracy"], "paso_test_accuracy": paso_eval["test_accuracy"],
         "trajectory_msd": comparison.mean(comm), "n_params": problem.n_params,
@@ -100,18 +125,25 @@ def run_case(comm, cfg: Config, problem_name: str, optimizer: str, window: int, 
         "alpha": alpha, "model_speedup": comm.size / (m * (1 + alpha * comm.size / window)),
         "timings": result.timings,
     }
-    progress(f"{problem_name}/{optimizer} p = {window}: K = {k} (T/K = {row['step_reduction']:.2f}, m = {m:.2f}), "
+    progress(f"{problem_name}/{optimizer} p = {window}, {rule(row)}: K = {k} (T/K = {row['step_reduction']:.2f}, m = {m:.2f}), "
              f"speed-up {row['speedup']:.2f} (App. C model {row['model_speedup']:.2f}, α = {alpha:.3f}), "
              f"test accuracy {seq_eval['test_accuracy']:.4f} -> {paso_eval['test_accuracy']:.4f}")
     return row
 
 
+def rule(row: dict) -> str:
+    if row["adapt"] == "fixed":
+        return f"fixed δ = {row['tol']:g}"
+    return f"{row['adapt']}, λ = {row['ema_decay']:g}, δ₀ = {row['tol']:g}"
+
+
 def markdown(rows: list[dict], title: str) -> str:
-    head = (f"{title}\n\n| model | optimizer | n | T | p | K | T/K | m | train loss seq / PASO | "
+    head = (f"{title}\n\n| model | optimizer | n | T | p | δ rule | K | T/K | m | train loss seq / PASO | "
             "test acc seq / PASO | mean ‖Δw_t‖² | seq [s] | PASO [s] | speed-up | α | App. C S |\n|"
-            + "---|" * 16 + "\n")
+            + "---|" * 17 + "\n")
     return head + "".join(
-        f"| {r['problem']} | {r['optimizer']} | {r['n_params']} | {r['steps']} | {r['window']} | {r['iterations']} | "
+        f"| {r['problem']} | {r['optimizer']} | {r['n_params']} | {r['steps']} | {r['window']} | {rule(r)} | "
+        f"{r['iterations']} | "
         f"{r['step_reduction']:.2f} | {r['cost_ratio_m']:.2f} | {r['seq_train_loss']:.4f} / {r['paso_train_loss']:.4f} | "
         f"{r['seq_test_accuracy']:.4f} / {r['paso_test_accuracy']:.4f} | {r['trajectory_msd']:.1e} | "
         f"{r['seq_seconds']:.2f} | {r['paso_seconds']:.2f} | {r['speedup']:.2f} | {r['alpha']:.3f} | "
@@ -122,21 +154,36 @@ def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
     window = cfg.per_rank * comm.size
     progress(f"PASO benchmark on {comm.size} ranks: T = {cfg.steps}, p = {cfg.per_rank} x {comm.size} = {window}")
-    rows = [run_case(comm, cfg, problem, optimizer, window, progress)
+    rows = [run_case(comm, cfg, problem, training_optimizer(cfg, optimizer), window, progress)
             for problem in cfg.problems for optimizer in cfg.optimizers]
-    sweep = [run_case(comm, cfg, cfg.sweep_problem, cfg.sweep_optimizer, p, progress) for p in cfg.sweep_windows]
+    sweep = [run_case(comm, cfg, cfg.sweep_problem, training_optimizer(cfg, cfg.sweep_optimizer), p, progress)
+             for p in cfg.sweep_windows]
+    # Ackley / Adam with the configured rule and with the paper's suggested mean, λ = 0.9.
+    ackley = [run_case(comm, cfg, "ackley", OptimizerSpec("adam", 1e-3, cfg.ackley_steps), window, progress,
+                       *override) for override in ((None, None), ("mean", 0.9))] if cfg.ackley_steps else []
+    # One hard case under other rules: slower EMA, mean instead of median, fixed absolute δ.
+    rules = [run_case(comm, cfg, cfg.rules_problem, training_optimizer(cfg, cfg.rules_optimizer), window, progress,
+                      *override) for override in RULES] if cfg.rules_problem else []
 
-    everything = rows + sweep
-    numeric = [k for k in everything[0] if k not in ("problem", "optimizer", "timings")]
-    labels = [f"{r['problem']}/{r['optimizer']}/p{r['window']}" for r in everything]
+    everything = rows + sweep + ackley + rules
+    text = ("problem", "optimizer", "adapt", "timings")
+    numeric = [k for k in everything[0] if k not in text]
+    group = [0] * len(rows) + [1] * len(sweep) + [2] * len(ackley) + [3] * len(rules)
+    labels = [f"{GROUPS[g]}/{r['problem']}/{r['optimizer']}/p{r['window']}/{r['adapt']}{r['ema_decay']:g}/tol{r['tol']:g}"
+              for g, r in zip(group, everything)]
     write_result(comm, cfg.output, method="bench-paso", config=cfg.as_dict(),
                  data={k: np.array([r[k] for r in everything], dtype=float) for k in numeric}
-                 | {"case": np.array(labels, dtype="S"), "in_sweep": np.array([0] * len(rows) + [1] * len(sweep))},
+                 | {"case": np.array(labels, dtype="S"), "group": np.array(group)},
                  timings={f"{label}/{k}": v for label, r in zip(labels, everything) for k, v in r["timings"].items()})
-    table = markdown(rows, f"### Sequential torch.optim vs PASO, {comm.size} ranks, p = {window}")
+    table = markdown(rows, f"### Sequential torch.optim vs PASO, {comm.size} ranks, p = {window}") if rows else ""
     if sweep:
         table += markdown(sweep, f"### Window-size sweep: {cfg.sweep_problem} / {cfg.sweep_optimizer}, "
                                  f"{comm.size} ranks")
+    if ackley:
+        table += markdown(ackley, f"### Ackley, d = 10⁴, Adam lr 1e-3, T = {cfg.ackley_steps}, {comm.size} ranks "
+                                  "(train loss = f(w_T), no test set)")
+    if rules:
+        table += markdown(rules, f"### Tolerance rules: {cfg.rules_problem} / {cfg.rules_optimizer}, {comm.size} ranks")
     if comm.rank == 0:
         path = cfg.table or cfg.output[:-3] + ".md"
         with open(path, "w") as fh:

@@ -4,7 +4,8 @@ Every problem is a pure function of its seed: the initial weights come from ``se
 and step t's mini-batch ζ_t from ``(seed, t)`` alone, so any rank can draw the batch
 of any step without communication and the sequential reference sees exactly the same
 batches. Everything runs in float64. No downloads: the digits come bundled with
-scikit-learn, the character corpus is Python's own standard-library source.
+scikit-learn, the character corpus is Python's own standard-library source. Ackley's
+function (no data) is the deterministic test case of the PASO review response.
 """
 from __future__ import annotations
 
@@ -218,12 +219,54 @@ class CharLMProblem(TrainingProblem):
         return self._windows(self.train_ids, starts)
 
 
-PROBLEMS = ("logreg", "mlp", "cnn", "lm")
+class AckleyPoint(nn.Module):
+    """The weights are the point w itself; the input is ignored."""
+
+    def __init__(self, w0: torch.Tensor):
+        super().__init__()
+        self.w = nn.Parameter(w0)
+
+    def forward(self, x):
+        return self.w
+
+
+class AckleyProblem(TrainingProblem):
+    """Ackley's function f(w) = −20 exp(−0.2 √(mean w²)) − exp(mean cos 2πw) + 20 + e, minimum
+    f(0) = 0, deterministic (no data: every "batch" is the same dummy input, ignored), so the
+    batch loss is f itself. The PASO review-response case: d = 10⁴, Adam, lr 1e-3, T = 1000.
+    w_0 is uniform on the usual domain [−32.768, 32.768]^d, drawn from the seed."""
+
+    DOMAIN = 32.768
+
+    def __init__(self, seed: int, dim: int = 10_000, device="cpu"):
+        w0 = np.random.default_rng(seed).uniform(-self.DOMAIN, self.DOMAIN, dim)
+        super().__init__(AckleyPoint(torch.as_tensor(w0)), seed, 1, device)
+        self.dummy = torch.zeros(1, dtype=DTYPE, device=self.device)
+        self.description = f"Ackley function, d = {dim} (no data)"
+
+    def batch(self, step: int):
+        return self.dummy, self.dummy
+
+    def loss(self, w, y):
+        mean_sq = torch.mean(w * w)
+        return (-20.0 * torch.exp(-0.2 * torch.sqrt(mean_sq)) - torch.exp(torch.mean(torch.cos(2 * math.pi * w)))
+                + 20.0 + math.e)
+
+    def evaluate(self, flat: np.ndarray) -> dict:
+        """f(w) as the "train loss"; there is no test set (accuracy NaN)."""
+        with torch.no_grad():
+            f = float(self.loss(torch.as_tensor(flat, dtype=DTYPE, device=self.device), None))
+        return {"train_loss": f, "test_accuracy": float("nan")}
+
+
+PROBLEMS = ("logreg", "mlp", "cnn", "lm", "ackley")
 
 
 def make_problem(name: str, seed: int, batch: int, device="cpu") -> TrainingProblem:
     if name == "lm":
         return CharLMProblem(seed, batch, device)
+    if name == "ackley":
+        return AckleyProblem(seed, device=device)
     if name in PROBLEMS:
         return DigitsProblem(name, seed, batch, device)
     raise ValueError(f"unknown problem {name!r}; choose one of: {', '.join(PROBLEMS)}")

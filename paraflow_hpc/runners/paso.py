@@ -34,6 +34,8 @@ class Config(RunConfig):
     beta2: float = option(0.999, "Adam/AdamW β2")
     eps: float = option(1e-8, "Adam/AdamW ε")
     weight_decay: float = option(0.0, "L2 weight decay (decoupled for adamw)")
+    clip_norm: float = option(0.0, "clip each step's gradient to this global norm, as "
+                              "torch.nn.utils.clip_grad_norm_ (0: off)")
     tol: float = option(1e-10, "initial tolerance δ of rule (9); with tol_adapt = fixed, δ itself")
     tol_adapt: str = option("median", "𝒜 in the EMA update (10) of δ, or fixed", choices=list(ADAPTIVE))
     ema_decay: float = option(0.999, "EMA decay λ of the tolerance update (10)")
@@ -55,6 +57,7 @@ class Config(RunConfig):
             require(0 <= value < 1, f"{key} = {value}: must be in [0, 1)")
         require(self.eps > 0, f"eps = {self.eps}: must be > 0")
         require(self.weight_decay >= 0, f"weight_decay = {self.weight_decay}: must be >= 0")
+        require(self.clip_norm >= 0, f"clip_norm = {self.clip_norm}: must be >= 0 (0 turns clipping off)")
         require(self.tol >= 0, f"tol = {self.tol}: must be >= 0 (0 demands exact agreement)")
         require(0 <= self.ema_decay <= 1, f"ema_decay = {self.ema_decay}: must be in [0, 1]")
         require(self.vmap_chunk >= 0, f"vmap_chunk = {self.vmap_chunk}: must be >= 0 (0: no chunking)")
@@ -66,13 +69,13 @@ class Config(RunConfig):
     def identity(self) -> dict:
         """The options that define the trajectory and the iteration: a checkpoint must match them."""
         keys = ("problem", "optimizer", "steps", "window", "lr", "lr_schedule", "batch", "momentum", "beta1",
-                "beta2", "eps", "weight_decay", "tol", "tol_adapt", "ema_decay", "reference", "seed")
+                "beta2", "eps", "weight_decay", "clip_norm", "tol", "tol_adapt", "ema_decay", "reference", "seed")
         return {key: getattr(self, key) for key in keys}
 
     def optimizer_spec(self) -> OptimizerSpec:
         return OptimizerSpec(self.optimizer, self.lr, self.steps, schedule=self.lr_schedule,
                              momentum=self.momentum, betas=(self.beta1, self.beta2), eps=self.eps,
-                             weight_decay=self.weight_decay)
+                             weight_decay=self.weight_decay, clip_norm=self.clip_norm)
 
 
 class TrajectoryComparison:
