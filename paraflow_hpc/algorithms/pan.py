@@ -42,6 +42,12 @@ from numpy.polynomial import chebyshev as cheb
 from ..comm import Timers, block_partition
 
 
+ROUNDOFF_FLOOR = 1e-13  # relative change of e below which a line search cannot see a decrease
+# Picard-type updates may grow like (Lip·h)^k / k! before they shrink; only far larger growth
+# means the fixed point diverges.
+PICARD_GROWTH = 1e8
+
+
 class PANError(ValueError):
     """Bad input to PAN (sizes, interval, a right-hand side of the wrong shape or non-finite)."""
 
@@ -199,15 +205,14 @@ def initial_slope(comm, rhs, t0: float, y0: np.ndarray, counters: dict) -> np.nd
     return result
 
 
-def phase1(comm, nodes: LocalNodes, C: np.ndarray, *, tol: float, max_it: int, counters: dict,
-           timers: Timers) -> tuple[np.ndarray, int, float]:
+def phase1(comm, nodes: LocalNodes, C: np.ndarray, interval: tuple[float, float], *, tol: float, max_it: int,
+           counters: dict, timers: Timers) -> tuple[np.ndarray, int, float]:
     """Zero-order fixed point (eq. 37); returns (C, iterations, last update)."""
     normal = np.empty((C.shape[0], C.shape[0]))
     with timers("allreduce"):
         comm.Allreduce(nodes.psi.T @ (nodes.w[:, None] * nodes.psi), normal, op=MPI.SUM)
     factor = scipy.linalg.cho_factor(normal)
-    best = (np.inf, C)
-    update = np.inf
+    best_update, best = np.inf, C
     for k in range(1, max_it + 1):
         Y, _ = nodes.states(C)
         F = nodes.f(Y, "ls")
@@ -217,19 +222,21 @@ def phase1(comm, nodes: LocalNodes, C: np.ndarray, *, tol: float, max_it: int, c
         with timers("allreduce"):
             comm.Allreduce(local, total, op=MPI.SUM)
         if not np.all(np.isfinite(total)):
-            raise PANError(f"f returned non-finite values in Phase 1 iteration {k} on "
-                           f"[{nodes.t[0] if nodes.count else float('nan'):g}, ...]: the problem blows up "
-                           "or the interval is too long for the fixed point; shorten the subintervals")
+            if k == 1:
+                raise PANError(f"f returned non-finite values on [{interval[0]:g}, {interval[1]:g}] at the "
+                               "starting guess y0 + f(t0, y0)(t - t0): the solution blows up there, or f is "
+                               "not defined along that line; try shorter subintervals")
+            break  # the fixed point overflowed: Newton takes over from the best iterate
         C_new = scipy.linalg.cho_solve(factor, total)
         update = float(np.max(np.abs(C_new - C)))
         C = C_new
-        if update < best[0]:
-            best = (update, C)
+        if update < best_update:
+            best_update, best = update, C
         if update <= tol:
             return C, k, update
-        if not np.isfinite(update) or update > 1e3 * best[0]:
-            break  # the fixed point diverges (interval too long for f's Lipschitz constant): Newton takes over
-    return best[1], k, best[0]
+        if update > PICARD_GROWTH * best_update:
+            break  # diverging (stiff, or Lipschitz constant × length too large): Newton takes over
+    return best, k, best_update
 
 
 class GaussNewton:
@@ -308,7 +315,7 @@ class GaussNewton:
         F = self.x.duplicate()
         snes.setFunction(self.function, F)
         snes.setJacobian(self.jacobian, self.J, self.J)
-        #OBJ snes.setObjective(self.objective)
+        snes.setObjective(self.objective)
         # Defaults (paper: stop when ‖∇e‖ < tol_newton); the command line overrides all of them.
         snes.setType("newtonls")  # its default line search is bt (backtracking on the objective)
         snes.setTolerances(atol=atol, rtol=1e-30, stol=1e-15, max_it=max_it)
@@ -331,11 +338,31 @@ class GaussNewton:
         reason = snes.getConvergedReason()
         iterations = snes.getIterationNumber()
         gnorm = snes.getFunctionNorm()
+        name = reason_name(PETSc, reason)
+        if reason == PETSc.SNES.ConvergedReason.DIVERGED_LINE_SEARCH and self.at_roundoff_floor(ksp):
+            name, reason = "CONVERGED_ROUNDOFF (PETSc: DIVERGED_LINE_SEARCH)", 0
         self.solver_types = {"snes_type": snes.getType(), "linesearch_type": linesearch,
                              "ksp_type": ksp.getType(), "pc_type": ksp.getPC().getType()}
         C = self.gathered(self.x)
         snes.destroy()
-        return C, iterations, reason_name(PETSc, reason), reason, gnorm
+        return C, iterations, name, reason, gnorm
+
+    def at_roundoff_floor(self, ksp) -> bool:
+        """True when the Gauss–Newton step at x cannot change e = ‖R‖² by a representable amount.
+
+        A line search on e stalls once the predicted decrease gᵀ(AᵀA)⁻¹g falls below the rounding
+        error of e itself: x is then a minimiser to working precision, whatever ‖g‖ is.
+        """
+        self.evaluate(self.x)
+        g, step = self.x.duplicate(), self.x.duplicate()
+        self.A.multTranspose(self.R, g)
+        self.A.transposeMatMult(self.A, result=self.J)
+        ksp.setOperators(self.J)
+        ksp.solve(g, step)
+        decrease, e = g.dot(step), self.R.norm() ** 2
+        g.destroy()
+        step.destroy()
+        return decrease <= ROUNDOFF_FLOOR * e
 
     def destroy(self):
         for obj in (self.x, self.x_all, self.R, self.A, self.J, self.scatter):
@@ -390,7 +417,8 @@ def pan_interval(comm, rhs, y0: np.ndarray, t0: float, t1: float, *, n_coeffs: i
     nodes = LocalNodes(comm, col, G, rhs, counters, timers)
     C = np.zeros((n_coeffs - 2, y0.shape[0]))  # ŷ = y0 + f0 (t − t0): the forward-Euler line
     with timers("phase1"):
-        C, ls_its, _ = phase1(comm, nodes, C, tol=ls_tol, max_it=ls_max_it, counters=counters, timers=timers)
+        C, ls_its, _ = phase1(comm, nodes, C, (t0, t1), tol=ls_tol, max_it=ls_max_it, counters=counters,
+                              timers=timers)
     solver = GaussNewton(comm, nodes, n_coeffs - 2, counters, timers)
     try:
         with timers("phase2"):
@@ -430,8 +458,18 @@ class PANResult:
     solver_types: dict
 
 
-COUNTERS = ("batches_ls", "batches_newton", "point_evaluations_ls", "point_evaluations_newton",
-            "point_jacobians")
+BATCH_COUNTERS = ("batches_ls", "batches_newton")
+POINT_COUNTERS = ("point_evaluations_ls", "point_evaluations_newton", "point_jacobians")
+COUNTERS = BATCH_COUNTERS + POINT_COUNTERS
+
+
+def run_totals(comm, counters: dict) -> dict:
+    """The run's counts, independent of the rank count: the parallel depth (batched evaluations
+    in sequence; every rank takes part in every batch, so each rank holds the same count and a
+    sum over ranks would only measure P) and the point evaluations summed over ranks."""
+    totals = {k: comm.allreduce(counters[k], op=MPI.MAX) for k in BATCH_COUNTERS}
+    totals.update({k: comm.allreduce(counters[k], op=MPI.SUM) for k in POINT_COUNTERS})
+    return totals
 
 
 def subinterval_bounds(t0: float, tf: float, length: float) -> np.ndarray:
@@ -451,7 +489,7 @@ def pan(comm, rhs, y0: np.ndarray, times: np.ndarray, *, n_coeffs: int, n_points
     Collective on ``comm``. ``after_interval(state)`` is called after each subinterval but the
     last (for checkpoints); returning True stops there with ``interrupted`` set. Counters:
     ``batches_*`` are batched evaluations in sequence (the parallel depth, identical on all
-    ranks); ``point_*`` count this rank's own point evaluations (sum over ranks for the total).
+    ranks); ``point_*`` count this rank's own point evaluations. :func:`run_totals` combines them.
     """
     times = np.asarray(times, dtype=float)
     if np.any(np.diff(times) <= 0):

@@ -118,7 +118,9 @@ class VanDerPol(IVP):
 
 
 class StiffVanDerPol(VanDerPol):
-    """μ = 100 on [0, 20]: a relaxation oscillation; PAN needs short subintervals here."""
+    """μ = 100 on [0, 20]: stiff (Jacobian eigenvalue ≈ −μ(x² − 1) ≈ −300 at the start) while the
+    solution creeps along the slow branch (the first fast jump comes near t ≈ 80); PAN's Picard
+    phase needs short subintervals here."""
 
     name = "vdp-stiff"
     tf = 20.0

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 from mpi4py import MPI
 
-from ..algorithms.pan import COUNTERS, PANDiverged, PANError, PANState, pan, subinterval_bounds
+from ..algorithms.pan import COUNTERS, PANDiverged, PANError, PANState, pan, run_totals, subinterval_bounds
 from ..comm import Progress, Timers, block_partition
 from ..config import RunConfig, option, require
 from ..io.results import write_result
@@ -137,7 +137,7 @@ def main(cfg: Config, comm) -> int:
     error = float("nan")
     if cfg.reference:
         error = float(np.linalg.norm(result.y_end - reference_solution(comm, problem, r["t0"], r["tf"])))
-    totals = {k: comm.allreduce(result.counters[k], op=MPI.SUM) for k in COUNTERS}
+    totals = run_totals(comm, result.counters)
     a, b = block_partition(len(state.coefficients), comm.size, comm.rank)
     coefficients = np.array(state.coefficients)[a:b].reshape(b - a, cfg.n_coeffs, problem.dim)
     write_result(
@@ -148,11 +148,11 @@ def main(cfg: Config, comm) -> int:
         solution={"coefficients": coefficients},
         data={"times": times, "y0": problem.y0, "y_end": result.y_end},
         attrs={"error": error, "pan_seconds": pan_seconds, "restarted_from": cfg.restart,
-               "batches_ls": result.counters["batches_ls"], "batches_newton": result.counters["batches_newton"],
+               "batches_ls": totals["batches_ls"], "batches_newton": totals["batches_newton"],
                "nfe_ls": totals["point_evaluations_ls"], "nfe_newton": totals["point_evaluations_newton"],
                "jacobian_evaluations": totals["point_jacobians"], **result.solver_types,
                "n_points": r["n_points"], "subinterval": r["subinterval"]})
-    progress(f"done: parallel depth {result.counters['batches_ls']} + {result.counters['batches_newton']} "
+    progress(f"done: parallel depth {totals['batches_ls']} + {totals['batches_newton']} "
              f"batched evaluations, {totals['point_evaluations_ls']} + {totals['point_evaluations_newton']} "
              f"point evaluations, time {pan_seconds:.3f} s"
              + (f", error at t = {r['tf']:g} vs DOP853 {error:.3e}" if cfg.reference else ""))

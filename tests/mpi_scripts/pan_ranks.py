@@ -8,7 +8,7 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from paraflow_hpc.algorithms.pan import COUNTERS, pan, subinterval_bounds
+from paraflow_hpc.algorithms.pan import pan, run_totals, subinterval_bounds
 from paraflow_hpc.problems.ivp import IVP_PROBLEMS
 
 out, name, n_coeffs, n_points, length, tol = sys.argv[1:7]
@@ -17,11 +17,13 @@ problem = IVP_PROBLEMS[name]()
 times = subinterval_bounds(problem.t0, problem.tf, float(length))
 result = pan(comm, problem, problem.y0, times, n_coeffs=int(n_coeffs), n_points=int(n_points),
              ls_tol=float(tol), newton_tol=float(tol))
-totals = {k: comm.allreduce(result.counters[k], op=MPI.SUM) for k in COUNTERS}
+totals = run_totals(comm, result.counters)
 per_rank_batches = comm.allgather((result.counters["batches_ls"], result.counters["batches_newton"]))
+per_rank_newton_points = comm.allgather(result.counters["point_evaluations_newton"])
 if comm.rank == 0:
     with open(out, "w") as fh:
         json.dump({"y_end": result.y_end.tolist(), "ls": result.state.ls_iterations,
                    "newton": result.state.newton_iterations,
                    "coefficients": np.array(result.state.coefficients).tolist(),
-                   "totals": totals, "per_rank_batches": per_rank_batches, "size": comm.size}, fh)
+                   "totals": totals, "per_rank_batches": per_rank_batches,
+                   "per_rank_newton_points": per_rank_newton_points, "size": comm.size}, fh)
