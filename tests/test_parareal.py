@@ -198,3 +198,22 @@ def test_scipy_fine_propagator(tmp_path):
         u = fine(u, times[n], times[n + 1])
         reference.append(u)
     assert np.max(np.abs(result["boundaries"] - np.array(reference))) <= 1e-12
+
+
+def test_bench_writes_hdf5_and_table(tmp_path):
+    """``paraflow-hpc bench parareal`` on small cases: consistent numbers in HDF5 and the table."""
+    out = tmp_path / "bench.h5"
+    run_cli(2, ["bench", "parareal", "--problems", "brusselator,lorenz", "--scale", "0.25", "--quiet",
+                "--output", out], timeout=240)
+    with h5py.File(out) as f:
+        data = {k: f["data"][k][()] for k in f["data"]}
+        assert f.attrs["method"] == "bench-parareal"
+    assert [p.decode() for p in data["problem"]] == ["brusselator", "lorenz"]
+    assert list(data["intervals"]) == [4, 8]
+    assert np.all((data["iterations"] >= 1) & (data["iterations"] <= data["intervals"]))
+    assert np.all(data["final_error"] < 1e-6)  # converged to tol 1e-8 on the update
+    np.testing.assert_allclose(data["speedup"], data["serial_seconds"] / data["parareal_seconds"])
+    np.testing.assert_allclose(data["efficiency"], data["speedup"] / data["model_speedup"])
+    table = (tmp_path / "bench.md").read_text().splitlines()
+    assert table[0].startswith("| problem | ranks | N | K |") and len(table) == 4
+    assert table[2].startswith("| brusselator | 2 | 4 |")

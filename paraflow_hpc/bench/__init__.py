@@ -3,8 +3,33 @@
 Benchmarks write an HDF5 file and a markdown table; speed-ups are always measured
 side by side in the same run (parallel vs its serial baseline).
 """
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..config import RunConfig, option
+
 BENCHES = {
     "parareal": "paraflow_hpc.bench.parareal",
+    "paraflows": "paraflow_hpc.bench.paraflows",
+    "pan": "paraflow_hpc.bench.pan",
     "paso": "paraflow_hpc.bench.paso",
     "layer-parallel": "paraflow_hpc.bench.layer_parallel",
 }
+
+
+@dataclass
+class BenchConfig(RunConfig):
+    """Options every benchmark shares."""
+
+    table: str = option("", "markdown table file (default: the HDF5 output with .md)")
+
+    def write_table(self, comm, text: str) -> str:
+        """Rank 0 writes the markdown table; every rank gets its path."""
+        path = self.table or os.path.splitext(self.output)[0] + ".md"
+        if comm.rank == 0:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as fh:
+                fh.write(text)
+        return path

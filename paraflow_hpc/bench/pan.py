@@ -22,9 +22,10 @@ from mpi4py import MPI
 
 from ..algorithms.pan import pan, run_totals, subinterval_bounds
 from ..comm import Progress, Timers
-from ..config import RunConfig, option, require
+from ..config import option, require
 from ..io.results import write_result
 from ..problems.ivp import IVP_PROBLEMS
+from . import BenchConfig
 
 SCIPY_METHODS = ("RK45", "DOP853", "Radau", "BDF", "LSODA")
 
@@ -46,7 +47,7 @@ PAPER = {
 
 
 @dataclass
-class Config(RunConfig):
+class Config(BenchConfig):
     method = "bench-pan"
     problems: list[str] = field(default_factory=lambda: ["spiral", "lorenz"],
                                 metadata={"help": "problems to run", "choices": None})
@@ -55,7 +56,6 @@ class Config(RunConfig):
     n_coeffs: list[int] = field(default_factory=lambda: [50, 100],
                                 metadata={"help": "PAN sizes N (M = N points)", "choices": None})
     petsc: str = option("", "PETSc options for PAN's SNES (as for run pan)")
-    table: str = option("", "markdown table file (default: next to the HDF5 output)")
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
@@ -167,11 +167,7 @@ def main(cfg: Config, comm) -> int:
         tables.append(markdown(name, rows, comm.size))
     text = (f"PAN benchmark on {comm.size} MPI ranks (scipy on one). Error: 2-norm at the final time "
             f"vs DOP853 at rtol = atol = 1e-13.\n\n" + "\n".join(tables))
-    table_path = cfg.table or (cfg.output[:-3] if cfg.output.endswith(".h5") else cfg.output) + ".md"
-    if comm.rank == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(table_path)), exist_ok=True)
-        with open(table_path, "w") as fh:
-            fh.write(text)
+    table_path = cfg.write_table(comm, text)
     write_result(comm, cfg.output, method="bench-pan", config=cfg.as_dict(), timings=timings.as_dict(),
                  data={f"{name}/{key}": np.array([r[key] for r in rows], dtype=float)
                        for name, rows in all_rows.items() for key in ("tol", "error", "points", "seconds",

@@ -23,10 +23,11 @@ from mpi4py import MPI
 
 from ..algorithms.parareal import parareal, serial_fine, subinterval_bounds
 from ..comm import Progress, Timers
-from ..config import RunConfig, option, require
+from ..config import option, require
 from ..io.results import write_result
 from ..problems.ode import ODE_PROBLEMS
 from ..propagators import make_propagator
+from . import BenchConfig
 
 # Fine work dominates (fine_steps / coarse_steps = 100); G is stable at its step size.
 CASES = {
@@ -37,13 +38,12 @@ CASES = {
 
 
 @dataclass
-class Config(RunConfig):
+class Config(BenchConfig):
     method = "bench-parareal"
     problems: list[str] = field(default_factory=lambda: list(CASES),
                                 metadata={"help": "problems to run", "choices": None})
     tol: float = option(1e-8, "Parareal tolerance on the max-norm update")
     scale: float = option(1.0, "multiply the subinterval count N by this (whole multiples of the ranks)")
-    table: str = option("", "markdown table file (default: next to the HDF5 output)")
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
@@ -119,10 +119,6 @@ def main(cfg: Config, comm) -> int:
                  {"problem": np.array([r["problem"] for r in rows], dtype="S")},
                  timings={f"{r['problem']}/{k}": v for r in rows for k, v in r["timings"].items()})
     table = markdown(rows)
-    if comm.rank == 0:
-        path = cfg.table or cfg.output[:-3] + ".md"
-        with open(path, "w") as fh:
-            fh.write(table)
-        print(table, flush=True)
-        progress(f"HDF5: {cfg.output}, table: {path}")
+    path = cfg.write_table(comm, table)
+    progress("\n" + table + f"\nHDF5: {cfg.output}, table: {path}")
     return 0

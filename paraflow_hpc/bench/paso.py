@@ -23,10 +23,11 @@ from mpi4py import MPI
 
 from ..algorithms.paso import OPTIMIZERS, OptimizerSpec, paso
 from ..comm import Progress, Timers, torch_device
-from ..config import RunConfig, option, require
+from ..config import option, require
 from ..io.results import write_result
 from ..problems.models import PROBLEMS, make_problem
 from ..runners.paso import TrajectoryComparison, run_reference, warm_up
+from . import BenchConfig
 
 TRAINING_PROBLEMS = [name for name in PROBLEMS if name != "ackley"]
 
@@ -40,7 +41,7 @@ RULES = ((None, None, None), ("median", 0.9999, None), ("mean", None, None), ("f
 
 
 @dataclass
-class Config(RunConfig):
+class Config(BenchConfig):
     method = "bench-paso"
     problems: list[str] = field(default_factory=lambda: list(TRAINING_PROBLEMS),
                                 metadata={"help": "models to run", "choices": None})
@@ -62,7 +63,6 @@ class Config(RunConfig):
     rules_optimizer: str = option("sgd", "optimizer of the tolerance-rule comparison", choices=list(OPTIMIZERS))
     ackley_steps: int = option(1000, "steps T of the Ackley / Adam case (0: skip it)")
     device: str = option("auto", "torch device", choices=["auto", "cpu", "cuda"])
-    table: str = option("", "markdown table file (default: next to the HDF5 output)")
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
@@ -184,10 +184,6 @@ def main(cfg: Config, comm) -> int:
                                   "(train loss = f(w_T), no test set)")
     if rules:
         table += markdown(rules, f"### Tolerance rules: {cfg.rules_problem} / {cfg.rules_optimizer}, {comm.size} ranks")
-    if comm.rank == 0:
-        path = cfg.table or cfg.output[:-3] + ".md"
-        with open(path, "w") as fh:
-            fh.write(table)
-        print(table, flush=True)
-        progress(f"HDF5: {cfg.output}, table: {path}")
+    path = cfg.write_table(comm, table)
+    progress("\n" + table + f"\nHDF5: {cfg.output}, table: {path}")
     return 0
