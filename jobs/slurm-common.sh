@@ -1,6 +1,8 @@
+# shellcheck shell=bash
 # Sourced by every jobs/*.sbatch script (after its #SBATCH lines):
-#   - activates the environment ($PARAFLOW_VENV, default $PARAFLOW_ROOT/.venv; PARAFLOW_ROOT
-#     defaults to the submit directory, because Slurm runs a copy of the script from its spool),
+#   - loads $PARAFLOW_MODULES (if set) and activates $PARAFLOW_VENV (default
+#     $PARAFLOW_ROOT/.venv; PARAFLOW_ROOT defaults to the submit directory, because Slurm runs
+#     a copy of the script from its spool directory),
 #   - makes the run directory $RUN_DIR = $PARAFLOW_RUNS/<jobid> (array task: <jobid>_<taskid>;
 #     PARAFLOW_RUNS defaults to runs/ in the submit directory),
 #     which holds job.log, the result files and the checkpoints; a requeued job keeps its id,
@@ -13,6 +15,11 @@ paraflow_die() { echo "[paraflow] error: $*" >&2; exit 2; }
 
 [ -n "${SLURM_JOB_ID:-}" ] || paraflow_die "not inside a Slurm job: submit this script with sbatch"
 PARAFLOW_ROOT=${PARAFLOW_ROOT:-$SLURM_SUBMIT_DIR}
+if [ -n "${PARAFLOW_MODULES:-}" ]; then  # e.g. "gcc openmpi hdf5/parallel": the site's MPI stack
+  command -v module >/dev/null || paraflow_die "PARAFLOW_MODULES is set but there is no module command"
+  # shellcheck disable=SC2086
+  module load $PARAFLOW_MODULES || paraflow_die "module load $PARAFLOW_MODULES failed"
+fi
 PARAFLOW_VENV=${PARAFLOW_VENV:-$PARAFLOW_ROOT/.venv}
 [ -f "$PARAFLOW_VENV/bin/activate" ] \
   || paraflow_die "no virtual environment at $PARAFLOW_VENV: run jobs/setup.sh there, or set PARAFLOW_VENV"
@@ -28,8 +35,8 @@ fi
 # Since Slurm 22.05 srun no longer inherits --cpus-per-task from the batch allocation.
 if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi
 
-# Torch methods get --device "$PARAFLOW_DEVICE": the GPUs only when the job was given some
-# (--gpus-per-task=1), since without cgroups a job could see GPUs it was not allocated.
+# Torch methods get --device "$PARAFLOW_DEVICE": cuda only when the job was given GPUs
+# (--gpus-per-task=1); a job without GPUs must not use a node's GPUs that are merely visible.
 if [ "${SLURM_GPUS_ON_NODE:-0}" -gt 0 ]; then PARAFLOW_DEVICE=cuda; else PARAFLOW_DEVICE=cpu; fi
 
 PARAFLOW_RUNS=${PARAFLOW_RUNS:-$SLURM_SUBMIT_DIR/runs}
@@ -56,22 +63,33 @@ trap 'exec >&- 2>&-; wait "$paraflow_tee"' EXIT
 echo "[paraflow] job $SLURM_JOB_ID (${SLURM_JOB_NAME:-}) restart ${SLURM_RESTART_COUNT:-0} on" \
      "${SLURM_JOB_NODELIST:-?}: run directory $RUN_DIR"
 
-# A preemption request is remembered (paraflow_signal): a signal that arrives between steps,
-# or during a step that then finishes anyway, makes the next paraflow_step requeue at once.
+# A stop request is remembered (paraflow_signal): a signal that arrives between steps, or
+# during a step that then finishes anyway, stops the job before its next step.
 paraflow_signal=""
 paraflow_caught=0
 paraflow_step_pid=""
-paraflow_forward() {  # the batch shell's trap: pass the signal on to the running step
-  paraflow_signal=$1
+paraflow_forward() {  # the batch shell's trap: ask the running step to stop
+  [ "$paraflow_signal" = TERM ] || paraflow_signal=$1
   paraflow_caught=1
-  [ -z "$paraflow_step_pid" ] || kill -s "$1" "$paraflow_step_pid" 2>/dev/null || true
+  # Always as USR1: srun passes USR1 on to every rank, but answers SIGTERM by killing the
+  # step at once ("forcing job termination"), which would leave the ranks no time to checkpoint.
+  [ -z "$paraflow_step_pid" ] || kill -s USR1 "$paraflow_step_pid" 2>/dev/null || true
 }
 trap 'paraflow_forward USR1' USR1
 trap 'paraflow_forward TERM' TERM
 
-paraflow_requeue() {
-  echo "[paraflow] preempted ($1): requeueing job $SLURM_JOB_ID; it resumes from the checkpoints in $RUN_DIR"
+# After a stop with a checkpoint: requeue on USR1 (the --signal=B:USR1@N warning, or a
+# preemption script). SIGTERM means scancel, the time limit or Slurm's own preemption: a
+# requeue would undo a cancel (scontrol requeue also takes finished jobs), so the job just
+# ends with code 3; `scontrol requeue JOBID` resumes it from the checkpoint.
+paraflow_stopped() {
   trap - USR1 TERM
+  if [ "$paraflow_signal" = TERM ]; then
+    echo "[paraflow] stopped on SIGTERM ($1): not requeueing; 'scontrol requeue $SLURM_JOB_ID'" \
+         "resumes it from the checkpoints in $RUN_DIR" >&2
+    exit 3
+  fi
+  echo "[paraflow] preempted ($1): requeueing job $SLURM_JOB_ID; it resumes from the checkpoints in $RUN_DIR"
   if ! scontrol requeue "$SLURM_JOB_ID"; then
     echo "[paraflow] scontrol requeue failed (job submitted with --no-requeue?): resubmit by hand" >&2
     exit 3
@@ -83,7 +101,7 @@ paraflow_requeue() {
 # One srun step writing $RUN_DIR/NAME.h5 (default NAME: result), checkpointing to
 # $RUN_DIR/NAME.ckpt.h5 and restarting from it when it exists. A step whose result exists
 # already finished before a requeue and is skipped. Returns the step's exit code; on exit
-# code 3 (preempted, checkpoint written) it requeues the job and exits 0.
+# code 3 (stopped by a signal, checkpoint written) it ends the job (paraflow_stopped).
 paraflow_step() {
   local name=result ntasks=()
   while [ $# -gt 0 ]; do
@@ -98,14 +116,14 @@ paraflow_step() {
     echo "[paraflow] $out exists (finished before a requeue): skipping this step"
     return 0
   fi
-  [ -z "$paraflow_signal" ] || paraflow_requeue "SIG$paraflow_signal before step $name"
+  [ -z "$paraflow_signal" ] || paraflow_stopped "SIG$paraflow_signal before step $name"
   local extra=(--output "$out" --checkpoint "$ckpt")
   if [ -f "$ckpt" ]; then extra+=(--restart "$ckpt"); fi
   echo "[paraflow] srun --mpi=${SRUN_MPI:-pmix} ${ntasks[*]} paraflow-hpc $* ${extra[*]}"
   srun --mpi="${SRUN_MPI:-pmix}" "${ntasks[@]}" paraflow-hpc "$@" "${extra[@]}" &
   paraflow_step_pid=$!
   # a signal that came while srun was being started was not forwarded yet
-  [ -z "$paraflow_signal" ] || kill -s "$paraflow_signal" "$paraflow_step_pid" 2>/dev/null || true
+  [ -z "$paraflow_signal" ] || kill -s USR1 "$paraflow_step_pid" 2>/dev/null || true
   local rc=0 again
   paraflow_caught=0
   wait "$paraflow_step_pid" || rc=$?
@@ -120,7 +138,7 @@ paraflow_step() {
   paraflow_step_pid=""
   case "$rc" in
     0) echo "[paraflow] step $name done: $out" ;;
-    3) paraflow_requeue "step $name stopped after writing $ckpt" ;;
+    3) paraflow_stopped "step $name stopped after writing $ckpt" ;;
     *) echo "[paraflow] step $name failed with exit code $rc" >&2 ;;
   esac
   return "$rc"

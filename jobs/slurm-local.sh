@@ -3,8 +3,9 @@
 #   bash jobs/slurm-local.sh up       install (Debian's slurm-wlm + munge) if needed, configure, start
 #   bash jobs/slurm-local.sh status   daemons and node state
 #   bash jobs/slurm-local.sh down     stop slurmd, slurmctld and munged
-# Needs root (daemons, /etc/slurm). Idempotent: `up` on a running, identically configured
-# Slurm only checks that the node is idle. Settings and why: docs/slurm.md ("local test Slurm").
+# Needs root (daemons, /etc/slurm); exits with 3 when it cannot install. Idempotent: `up` on a
+# running, identically configured Slurm only checks that the node is idle.
+# Settings and why: docs/slurm.md ("The local test Slurm").
 set -euo pipefail
 
 conf=/etc/slurm/slurm.conf
@@ -14,20 +15,21 @@ node=$(hostname -s)
 cpus=${SLURM_LOCAL_CPUS:-4}  # more CPUs than cores, so 4-rank jobs fit on a 2-core machine
 
 die() { echo "slurm-local: $*" >&2; exit 1; }
+cannot() { echo "slurm-local: cannot install here: $*" >&2; exit 3; }  # tests skip on exit 3
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 install_packages() {
-  local missing="" p
+  local missing=() p
   # Slurm's mpi_pmix plugin dlopens pmix2/lib/libpmix.so, a link only libpmix-dev ships.
   for p in slurmctld slurmd slurm-client munge libpmix-dev; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
-  [ -z "$missing" ] && return 0
+  [ ${#missing[@]} -eq 0 ] && return 0
   reconfigure=1  # daemons started before the install load their plugins again
-  echo "slurm-local: installing$missing"
-  apt-get update -qq || die "apt-get update failed"
+  echo "slurm-local: installing ${missing[*]}"
+  apt-get update -qq || cannot "apt-get update failed"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    -o DPkg::Lock::Timeout=300 $missing >/dev/null || die "apt-get install$missing failed"
+    -o DPkg::Lock::Timeout=300 "${missing[@]}" >/dev/null || cannot "apt-get install ${missing[*]} failed"
 }
 
 write_conf() {
@@ -76,7 +78,7 @@ EOF
 node_state() { timeout 10 sinfo -h -n "$node" -o %t 2>/dev/null | head -n1; }
 
 up() {
-  [ "$(id -u)" -eq 0 ] || die "needs root (it installs packages and starts daemons)"
+  [ "$(id -u)" -eq 0 ] || cannot "needs root (it installs packages and starts daemons)"
   local new reconfigure=0
   install_packages
   mkdir -p /etc/slurm "$logdir" "$state/slurmctld" "$state/slurmd"
@@ -95,14 +97,23 @@ up() {
 
   if [ "$reconfigure" = 1 ]; then stop_slurm; fi
   # State is kept across restarts, so job ids keep increasing and never reuse a run directory.
-  running /run/slurmctld.pid || /usr/sbin/slurmctld || die "slurmctld did not start: $(tail -n 5 $logdir/slurmctld.log)"
+  local fresh=0
+  if ! running /run/slurmctld.pid; then
+    /usr/sbin/slurmctld || die "slurmctld did not start: $(tail -n 5 $logdir/slurmctld.log)"
+    fresh=1
+  fi
   running /run/slurmd.pid || /usr/sbin/slurmd || die "slurmd did not start: $(tail -n 5 $logdir/slurmd.log)"
 
-  local s i
-  for i in $(seq 60); do
+  local s
+  for _ in $(seq 60); do
     s=$(node_state)
     case "$s" in
-      idle|mix|alloc) echo "slurm-local: up, node $node ($cpus CPUs) $s"; return 0 ;;
+      idle|mix|alloc)
+        # Jobs recovered from the saved state belong to an earlier session that ended without
+        # `down` (a killed test run): their processes are gone, but slurmctld would keep their
+        # CPUs allocated until their time limit, and new jobs would wait behind them.
+        if [ "$fresh" = 1 ]; then cancel_jobs; s=$(node_state); fi
+        echo "slurm-local: up, node $node ($cpus CPUs) $s"; return 0 ;;
       down*|drain*|drng*|fail*) timeout 10 scontrol update nodename="$node" state=resume 2>/dev/null || true ;;
     esac
     sleep 1
@@ -124,7 +135,22 @@ stop_slurm() {
   stop_daemon /run/slurmctld.pid slurmctld
 }
 
+cancel_jobs() {  # a job left running would outlive slurmd as orphaned processes
+  running /run/slurmctld.pid || return 0
+  local jobs
+  jobs=$(timeout 10 squeue -h -o %i 2>/dev/null || true)
+  [ -n "$jobs" ] || return 0
+  echo "slurm-local: cancelling jobs ${jobs//$'\n'/ }"
+  # shellcheck disable=SC2086
+  timeout 10 scancel $jobs || true
+  for _ in $(seq 30); do
+    [ -z "$(timeout 10 squeue -h -o %i 2>/dev/null)" ] && return 0
+    sleep 1
+  done
+}
+
 down() {
+  cancel_jobs
   stop_slurm
   stop_daemon /run/munge/munged.pid munged
   echo "slurm-local: down"
@@ -136,7 +162,7 @@ status() {
     p=/run/$d.pid
     if running "$p"; then echo "${d#*/}: running (pid $(cat "$p"))"; else echo "${d#*/}: stopped"; fi
   done
-  running /run/slurmctld.pid && timeout 10 sinfo -N -o '%N %P %t %c' || true
+  if running /run/slurmctld.pid; then timeout 10 sinfo -N -o '%N %P %t %c'; fi
 }
 
 case "${1:-}" in

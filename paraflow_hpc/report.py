@@ -14,8 +14,29 @@ import os
 import h5py
 import numpy as np
 
-WAIT_CATEGORIES = ("wait", "send", "comm")  # time blocked in or spent on communication
+# Timing categories (last path component) that are time blocked in or spent on communication,
+# as the methods name them; any ``*_wait`` counts too. ``cpu_*`` entries are CPU (not wall)
+# seconds and are left out of the breakdown.
+COMM_CATEGORIES = ("wait", "send", "comm", "bcast", "reduce", "allreduce", "scan")
+# Per method, the /history series that show convergence (the others, such as budgets, strides or
+# counts, go to the table only); a method not listed gets all its 1-D float series plotted.
+CONVERGENCE_SERIES = {
+    "parareal": ("error", "update_norm"),
+    "paraflow": ("loss", "fine_loss"),
+    "paraflows": ("loss", "fine_loss"),
+    "paso": ("delta", "batch_loss", "sequential_batch_loss"),
+    "pan": ("residual",),
+    "layer-parallel": ("loss", "accuracy"),
+}
+# What the convergence panel's x axis counts, where it is not an iteration.
+X_AXIS = {"pan": "subinterval", "paraflow": "window", "paraflows": "window",
+          "paso": "iteration (delta) / optimizer step (losses)"}
 PATH_OPTIONS = ("output", "checkpoint", "restart", "table", "quiet")
+
+
+def is_comm(category: str) -> bool:
+    name = category.split("/")[-1]
+    return not name.startswith("cpu_") and (name in COMM_CATEGORIES or name.endswith("_wait"))
 
 
 def load_run(path: str) -> dict:
@@ -32,8 +53,7 @@ def load_run(path: str) -> dict:
     run["ranks"] = int(attrs.get("mpi_size", len(next(iter(run["timings"].values()), [1]))))
     totals = run["timings"].get("total")
     run["wall_seconds"] = float(np.max(totals)) if totals is not None else float("nan")
-    wait = sum((v for k, v in run["timings"].items() if k.split("/")[-1] in WAIT_CATEGORIES),
-               np.zeros(run["ranks"]))
+    wait = sum((v for k, v in run["timings"].items() if is_comm(k)), np.zeros(run["ranks"]))
     run["wait_seconds"] = np.asarray(wait, dtype=float)
     run["compute_seconds"] = (np.asarray(totals, dtype=float) - run["wait_seconds"]
                               if totals is not None else np.full(run["ranks"], np.nan))
@@ -48,11 +68,22 @@ def _leaf_names(group) -> list[str]:
     return names
 
 
+def labels(runs: list[dict]) -> list[str]:
+    """The shortest trailing parts of the paths that tell the runs apart: the file name, or
+    ``<jobid>/result.h5`` for job run directories."""
+    parts = [os.path.normpath(os.path.abspath(run["file"])).split(os.sep) for run in runs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [run["file"] for run in runs]  # the same file given twice
+
+
 def to_rows(runs: list[dict]) -> list[dict]:
     """One flat summary row per run (also what ``pandas.DataFrame(to_rows(runs))`` takes)."""
     rows = []
-    for run in runs:
-        row = {"file": os.path.basename(run["file"]), "method": run["attrs"].get("method", ""),
+    for run, label in zip(runs, labels(runs)):
+        row = {"file": label, "method": run["attrs"].get("method", ""),
                "problem": run["config"].get("problem", ""), "ranks": run["ranks"],
                "wall_seconds": run["wall_seconds"],
                "compute_seconds_mean": float(np.mean(run["compute_seconds"])),
@@ -84,13 +115,25 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def write_tables(rows: list[dict], out_dir: str) -> tuple[str, str]:
+def _markdown_table(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(rows: list[dict], out_dir: str) -> tuple[str, str]:
+    """summary.md: one table, or one per method (each with that method's columns) when the runs
+    are of several methods; summary.csv: every run in one table (columns of all methods)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    methods = list(dict.fromkeys(row["method"] for row in rows))
     md = os.path.join(out_dir, "summary.md")
     with open(md, "w") as fh:
-        fh.write("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n")
-        for row in rows:
-            fh.write("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |\n")
+        if len(methods) == 1:
+            fh.write(_markdown_table(rows))
+        else:
+            fh.write("\n".join(f"## {method}\n\n" + _markdown_table([r for r in rows if r["method"] == method])
+                               for method in methods))
     csv_path = os.path.join(out_dir, "summary.csv")
     with open(csv_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
@@ -99,23 +142,37 @@ def write_tables(rows: list[dict], out_dir: str) -> tuple[str, str]:
     return md, csv_path
 
 
-def plot_convergence(runs, path):
+def convergence_series(run: dict) -> dict[str, np.ndarray]:
+    history = run["history"]
+    names = CONVERGENCE_SERIES.get(run["attrs"].get("method"))
+    if names is None:
+        names = [n for n, v in history.items() if np.issubdtype(v.dtype, np.floating)]
+    return {n: history[n] for n in names if n in history and history[n].ndim == 1 and history[n].size > 1
+            and np.any(np.isfinite(history[n]) & (history[n] > 0))}
+
+
+def plot_convergence(runs, names, path):
+    """One panel per method, since their series have different meanings and scales."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run in runs:
-        for name, series in run["history"].items():
-            if series.ndim == 1 and series.size > 1 and np.any(np.isfinite(series)):
+    methods = list(dict.fromkeys(run["attrs"].get("method", "") for run in runs))
+    fig, axes = plt.subplots(len(methods), 1, figsize=(7, 4.5 * len(methods)), squeeze=False)
+    for ax, method in zip(axes[:, 0], methods):
+        for run, name in zip(runs, names):
+            if run["attrs"].get("method", "") != method:
+                continue
+            for series_name, series in convergence_series(run).items():
                 positive = np.where(np.isfinite(series) & (series > 0), series, np.nan)
                 ax.semilogy(np.arange(series.size), positive, marker="o", ms=3,
-                            label=f"{os.path.basename(run['file'])}: {name} ({run['ranks']} ranks)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("value (log scale)")
-    ax.set_title("Convergence per iteration")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+                            label=f"{name}: {series_name} ({run['ranks']} ranks)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(X_AXIS.get(method, "iteration"))
+        ax.set_ylabel("value (log scale)")
+        ax.set_title(f"Convergence per iteration: {method}" if len(methods) > 1 else "Convergence per iteration")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -148,23 +205,21 @@ def plot_scaling(groups, path):
     plt.close(fig)
 
 
-def plot_timings(runs, path):
+def plot_timings(runs, names, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * sum(r["ranks"] for r in runs) + 2), 4.2))
-    x, labels = 0, []
-    for run in runs:
+    x, ticks = 0, []
+    for run, name in zip(runs, names):
         positions = np.arange(x, x + run["ranks"])
         ax.bar(positions, run["compute_seconds"], color="tab:blue",
                label="compute" if x == 0 else None)
         ax.bar(positions, run["wait_seconds"], bottom=run["compute_seconds"], color="tab:orange",
                label="communication / wait" if x == 0 else None)
-        labels += [f"{os.path.basename(run['file'])[:18]}\nrank {r}" for r in range(run["ranks"])]
+        ticks += [(x + r, f"{name[-18:]}\nrank {r}") for r in range(run["ranks"])]
         x += run["ranks"] + 1
-        labels.append("")
-    ticks = [i for i, lab in enumerate(labels) if lab]
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([labels[i] for i in ticks], fontsize=7, rotation=45, ha="right")
+    ax.set_xticks([t for t, _ in ticks])
+    ax.set_xticklabels([label for _, label in ticks], fontsize=7, rotation=45, ha="right")
     ax.set_ylabel("seconds")
     ax.set_title("Per-rank time: compute vs communication")
     ax.legend()
@@ -189,8 +244,9 @@ def main(files: list[str], out_dir: str) -> int:
     os.makedirs(out_dir, exist_ok=True)
     md, csv_path = write_tables(to_rows(runs), out_dir)
     outputs = [md, csv_path]
-    plot_convergence(runs, os.path.join(out_dir, "convergence.png"))
-    plot_timings(runs, os.path.join(out_dir, "timings.png"))
+    names = labels(runs)
+    plot_convergence(runs, names, os.path.join(out_dir, "convergence.png"))
+    plot_timings(runs, names, os.path.join(out_dir, "timings.png"))
     outputs += [os.path.join(out_dir, "convergence.png"), os.path.join(out_dir, "timings.png")]
     groups = scaling_groups(runs)
     if groups:
