@@ -27,6 +27,8 @@ coarse model, one fine forward chain fills the pipeline and the window starts em
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,6 +41,7 @@ from ..problems.resnet import LAYER_PARAMS, ResNetSpec, Subnetwork, head_output,
 
 TAG_STATE, TAG_COSTATE, TAG_EVAL = 31, 32, 33
 COUPLINGS = ("regression", "exact")
+COMPUTE_TIMERS = ("forward", "loss", "regression", "backward", "update")  # the rest: waiting, I/O, setup
 
 
 def layer_block(depth: int, size: int, rank: int, coarse: bool) -> tuple[int, int]:
@@ -56,6 +59,20 @@ def check_partition(depth: int, size: int, coarse: bool) -> None:
     if units < size:
         what = "coarse layers (depth / 2)" if coarse else "layers"
         raise ValueError(f"{units} {what} cannot be spread over {size} ranks: every rank needs at least one")
+
+
+class WallAndCpuTimers(Timers):
+    """Wall-clock seconds by category, plus this thread's CPU seconds as ``cpu_<category>``: on a
+    shared or oversubscribed machine the CPU time is what the work costs on a dedicated core."""
+
+    @contextmanager
+    def __call__(self, name: str):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - wall)
+            self.add("cpu_" + name, time.thread_time() - cpu)
 
 
 class BatchStream:
@@ -82,68 +99,80 @@ class CostateRegression:
     ``window`` observed batches of (state, co-state) pairs. Co-states are stored per sample
     (batch size times the co-state of the mean loss), so batches of any size are comparable.
 
-    With ``by_class`` one (A, B) is fitted per class label: the per-sample value function of
+    With ``n_classes`` > 1 one (A, B) is fitted per class label: the per-sample value function of
     Lemma 2.1 has the sample's label inside its data-fidelity term, so the co-state is a function
     of (state, label); one affine map per label captures the jump across the class boundary that
-    a single affine map averages away. Every rank knows the labels of the batch it works on."""
+    a single affine map averages away. Every rank knows the labels of the batch it works on.
+    A label absent from the window falls back to the map fitted on all pairs.
 
-    def __init__(self, window: int, ridge: float, by_class: bool = False):
-        self.window, self.ridge, self.by_class = window, ridge, by_class
+    Each batch's normal equations (per label) are formed once when it is added; a fit sums the
+    window's and solves all labels at once, so its cost does not grow with the window's rows."""
+
+    def __init__(self, window: int, ridge: float, n_classes: int = 1):
+        self.window, self.ridge, self.n_classes = window, ridge, n_classes
         self.xs: list[torch.Tensor] = []
         self.ps: list[torch.Tensor] = []
         self.ys: list[torch.Tensor] = []
+        self._normal: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.coef = None
+
+    def _labels(self, X, labels):
+        if self.n_classes == 1:
+            return torch.zeros(len(X), dtype=torch.int64, device=X.device)
+        return labels
 
     def add(self, X, P, labels=None) -> None:
-        self.xs.append(X.detach().clone())
-        self.ps.append(P.detach().clone())
-        self.ys.append(labels.detach().clone() if self.by_class else torch.zeros(len(X), dtype=torch.int64,
-                                                                                 device=X.device))
+        X, P = X.detach().clone(), P.detach().clone()
+        y = self._labels(X, labels).clone()
+        phi = torch.cat([X, torch.ones_like(X[:, :1])], dim=1)
+        onehot = torch.nn.functional.one_hot(y, self.n_classes).to(X.dtype)
+        phi_t = onehot.T[:, None, :] * phi.T  # (labels, dim + 1, rows): each label's rows only
+        self._normal.append((phi_t @ phi, phi_t @ P))
+        self.xs.append(X), self.ps.append(P), self.ys.append(y)
         if len(self.xs) > self.window:
-            del self.xs[0], self.ps[0], self.ys[0]
+            del self.xs[0], self.ps[0], self.ys[0], self._normal[0]
         self.coef = None
 
-    def _solve(self, X, P) -> torch.Tensor:
-        phi = torch.cat([X, torch.ones_like(X[:, :1])], dim=1)
-        gram = phi.T @ phi
-        dim = X.shape[1]
+    def fit(self) -> torch.Tensor:
+        """Coefficients [A^T; B] per label, shape (n_classes, dim + 1, dim)."""
+        gram = torch.stack([g for g, _ in self._normal]).sum(dim=0)
+        rhs = torch.stack([c for _, c in self._normal]).sum(dim=0)
+        gram = torch.cat([gram, gram.sum(dim=0, keepdim=True)])  # the last system pools all labels
+        rhs = torch.cat([rhs, rhs.sum(dim=0, keepdim=True)])
+        dim = gram.shape[-1] - 1
+        seen = (gram[:, dim, dim] > 0)[:, None, None]  # gram[c, dim, dim] counts label c's pairs
+        gram = torch.where(seen, gram, torch.eye(dim + 1, dtype=gram.dtype, device=gram.device))
         # penalise A only, relative to the data's scale; the intercept B stays free
-        penalty = self.ridge * torch.trace(gram[:dim, :dim]) / dim
-        gram[range(dim), range(dim)] += penalty
-        return torch.linalg.pinv(gram, hermitian=True) @ (phi.T @ P)
-
-    def fit(self) -> dict:
-        """Coefficients [A^T; B] per label (key -1: all pairs pooled, the fallback for unseen labels)."""
-        X, P, Y = torch.cat(self.xs), torch.cat(self.ps), torch.cat(self.ys)
-        self.coef = {-1: self._solve(X, P)}
-        if self.by_class:
-            for label in torch.unique(Y).tolist():
-                rows = Y == label
-                self.coef[label] = self._solve(X[rows], P[rows])
+        diagonal = torch.diagonal(gram, dim1=1, dim2=2)
+        penalty = self.ridge * diagonal[:, :dim].sum(dim=1, keepdim=True) / dim
+        gram = gram + torch.diag_embed(torch.cat([penalty.expand(-1, dim), torch.zeros_like(penalty)], dim=1))
+        if self.ridge > 0:
+            coef = torch.linalg.solve(gram, rhs)
+        else:
+            coef = torch.linalg.pinv(gram, hermitian=True) @ rhs
+        self.coef = torch.where(seen[:-1], coef[:-1], coef[-1])
         return self.coef
 
     def predict(self, X, labels=None) -> torch.Tensor:
         if not self.xs:
             return torch.zeros_like(X)
         coef = self.coef if self.coef is not None else self.fit()
-        if not self.by_class:
-            return X @ coef[-1][:-1] + coef[-1][-1]
-        out = torch.empty_like(X)
-        for label in torch.unique(labels).tolist():
-            rows = labels == label
-            c = coef.get(label, coef[-1])
-            out[rows] = X[rows] @ c[:-1] + c[-1]
-        return out
+        every_label = X @ coef[:, :-1] + coef[:, -1:]  # (labels, rows, dim)
+        return every_label[self._labels(X, labels), torch.arange(len(X), device=X.device)]
 
     def arrays(self) -> dict[str, np.ndarray]:
         stack = (lambda ts: torch.stack(ts).cpu().numpy()) if self.xs else (lambda ts: np.zeros((0,)))
         return {"regression_x": stack(self.xs), "regression_p": stack(self.ps), "regression_y": stack(self.ys)}
 
     def load(self, arrays, device) -> None:
-        self.xs = [torch.from_numpy(a).to(device) for a in arrays["regression_x"]]
-        self.ps = [torch.from_numpy(a).to(device) for a in arrays["regression_p"]]
-        self.ys = [torch.from_numpy(a).to(device) for a in arrays["regression_y"]]
-        self.coef = None
+        self.xs, self.ps, self.ys, self._normal = [], [], [], []
+        for x, p, y in zip(arrays["regression_x"], arrays["regression_p"], arrays["regression_y"]):
+            self.add(torch.from_numpy(x).to(device), torch.from_numpy(p).to(device), torch.from_numpy(y).to(device))
+
+
+def costate_regression(spec: ResNetSpec, window: int, ridge: float, by_class: bool) -> CostateRegression:
+    """The regression of a run: one map per class label only where there are labels (classification)."""
+    return CostateRegression(window, ridge, spec.out_dim if by_class and spec.loss == "cross_entropy" else 1)
 
 
 @dataclass
@@ -159,7 +188,7 @@ class LayerParallelState:
     y_prev_out: torch.Tensor | None = None   # labels of the samples in x_prev_out
     train_seconds: float = 0.0               # this rank's training time so far (evaluation excluded)
     local: dict = field(default_factory=lambda: {"loss": [], "accuracy": [], "regression_mse": [],
-                                                 "regression_rel": []})
+                                                 "regression_rel": [], "compute_seconds": [], "wait_seconds": []})
     evals: dict = field(default_factory=lambda: {"iteration": [], "seconds": [], "train_accuracy": [],
                                                  "train_loss": [], "test_accuracy": []})
 
@@ -263,7 +292,8 @@ def exact_iteration(comm, net: Subnetwork, x, y, lr: float, weight_decay: float,
     _, x_out = forward_chain(comm, net, x, msg, m)
     loss, correct, grads = float("nan"), 0, {}
     if msg.last:
-        loss, p_out, grads, correct = net.loss_costate(y)
+        with msg.timers(msg.prefix + "loss"):
+            loss, p_out, grads, correct = net.loss_costate(y)
     else:
         p_out = msg.recv(x_out.shape, comm.rank + 1, TAG_COSTATE) / m
     with msg.timers(msg.prefix + "backward"):
@@ -296,7 +326,8 @@ def regression_iteration(comm, state: LayerParallelState, x, y, lr: float, weigh
         requests.append(req)
     grads = {}
     if msg.last:
-        loss, p_out, grads, correct = net.loss_costate(y)
+        with msg.timers("loss"):
+            loss, p_out, grads, correct = net.loss_costate(y)
         state.local["loss"].append(loss)
         state.local["accuracy"].append(correct / m)
     else:
@@ -336,13 +367,16 @@ def evaluate(comm, net: Subnetwork, x, y, msg: _Messenger) -> tuple[float, float
 
 
 def _gather_history(comm, state: LayerParallelState) -> dict:
-    """Per-iteration series, identical on all ranks: loss/accuracy from the last rank,
-    the regression error at each boundary s_1 .. s_{P-1} (column r from rank r)."""
+    """Per-iteration series, identical on all ranks: loss/accuracy from the last rank, every rank's
+    compute and wait seconds (column r from rank r), the regression error at each boundary
+    s_1 .. s_{P-1} (column r from rank r)."""
     last = comm.size - 1
     loss, acc = comm.bcast((state.local["loss"], state.local["accuracy"]) if comm.rank == last else None, root=last)
     mse = comm.allgather(state.local["regression_mse"])[:last]
     rel = comm.allgather(state.local["regression_rel"])[:last]
     history = {"loss": np.array(loss, dtype=float), "accuracy": np.array(acc, dtype=float)}
+    for name in ("compute_seconds", "wait_seconds"):  # (iterations, ranks)
+        history[name] = np.array(comm.allgather(state.local[name]), dtype=float).T
     if last and len(mse[0]):
         history["regression_mse"] = np.array(mse, dtype=float).T
         history["regression_rel_error"] = np.array(rel, dtype=float).T
@@ -373,16 +407,18 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
     start, stop = layer_block(spec.depth, comm.size, comm.rank, coarse)
     device = params["K"].device
     comm.Barrier()  # every rank's clock starts together
-    timers = Timers()
+    timers = WallAndCpuTimers()
     msg = _Messenger(comm, params["K"].dtype, device, timers)
+    # evaluations time and count apart (eval_forward, eval_wait), so the training's categories hold training only
+    eval_msg = _Messenger(comm, params["K"].dtype, device, timers, prefix="eval_")
     x_train, y_train = data["x_train"], data["y_train"]
     batches = BatchStream(len(y_train), batch_size, seed, stream=0)
     m = batch_size
 
     def record_eval(state: LayerParallelState):
         with timers("eval"):
-            train_loss, train_acc = evaluate(comm, state.net, x_train, y_train, msg)
-            _, test_acc = evaluate(comm, state.net, data["x_test"], data["y_test"], msg)
+            train_loss, train_acc = evaluate(comm, state.net, x_train, y_train, eval_msg)
+            _, test_acc = evaluate(comm, state.net, data["x_test"], data["y_test"], eval_msg)
         seconds = comm.allreduce(state.train_seconds, op=MPI.MAX)
         for name, value in (("iteration", state.k), ("seconds", seconds), ("train_accuracy", train_acc),
                             ("train_loss", train_loss), ("test_accuracy", test_acc)):
@@ -399,7 +435,7 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
         time_offset = state.train_seconds
     else:
         time_offset = 0.0
-        regression = CostateRegression(window, ridge, by_class and spec.loss == "cross_entropy")
+        regression = costate_regression(spec, window, ridge, by_class)
         idx0 = batches.indices(0)
         if coarse:
             state = _global_prediction(comm, spec, params, start, stop, data, regression, coarse_iterations,
@@ -419,6 +455,7 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
     interrupted = False
     first_iteration = state.k
     while state.k < iterations:
+        compute0, wait0 = _compute_and_wait(timers)
         if coupling == "exact":
             idx = batches.indices(state.k)
             loss, correct = exact_iteration(comm, state.net, x_train[idx], y_train[idx], lr, weight_decay, msg)
@@ -428,6 +465,9 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
         else:
             idx = batches.indices(max(state.k - comm.rank, 0))  # pipeline: the batch that reached this rank
             regression_iteration(comm, state, x_train[idx], y_train[idx], lr, weight_decay, msg)
+        compute1, wait1 = _compute_and_wait(timers)
+        state.local["compute_seconds"].append(compute1 - compute0)
+        state.local["wait_seconds"].append(wait1 - wait0)
         state.k += 1
         state.train_seconds = train_seconds()
         if state.k % eval_every == 0 or state.k == iterations:
@@ -443,6 +483,11 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
     return LayerParallelResult(state.k, interrupted, start, stop, state.net.params, history,
                                {n: np.array(v, dtype=float) for n, v in state.evals.items()},
                                timers.as_dict(), {**msg.counters, "iterations_run": state.k - first_iteration})
+
+
+def _compute_and_wait(timers: Timers) -> tuple[float, float]:
+    """This rank's wall-clock seconds so far in training compute and in waiting for its neighbours."""
+    return sum(timers.seconds.get(n, 0.0) for n in COMPUTE_TIMERS), timers.seconds.get("wait", 0.0)
 
 
 def _block(params: dict, name: str, start: int, stop: int) -> torch.Tensor:

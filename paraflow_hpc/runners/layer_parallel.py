@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..algorithms.layer_parallel import COUPLINGS, CostateRegression, LayerParallelState, check_partition, layer_block, train
+from ..algorithms.layer_parallel import (COUPLINGS, LayerParallelState, check_partition, costate_regression,
+                                         layer_block, train)
 from ..comm import Progress, torch_device
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
@@ -32,7 +33,7 @@ class Config(RunConfig):
     coarse_iterations: int = option(50, "H: SGD iterations on the coarse model (global prediction); 0: single-level")
     coarse_lr: float = option(0.0, "learning rate of the coarse model (0: lr)")
     iterations: int = option(300, "SGD iterations of the fine model")
-    lr: float = option(0.2, "learning rate")
+    lr: float = option(0.5, "learning rate")
     batch_size: int = option(32, "mini-batch size")
     weight_decay: float = option(0.0, "weight decay (the regulariser R = wd/2 |U|^2)")
     window: int = option(20, "regression window: the most recent batches of (state, co-state) pairs kept")
@@ -90,7 +91,8 @@ def setup(cfg: Config, comm):
 def train_options(cfg: Config) -> dict:
     return dict(iterations=cfg.iterations, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
                 coupling=cfg.coupling, coarse_iterations=cfg.coarse_iterations, coarse_lr=cfg.coarse_lr or cfg.lr,
-                window=cfg.window, ridge=cfg.ridge, by_class=cfg.regression_by_class, weight_decay=cfg.weight_decay, eval_every=cfg.eval_every)
+                window=cfg.window, ridge=cfg.ridge, by_class=cfg.regression_by_class, weight_decay=cfg.weight_decay,
+                eval_every=cfg.eval_every)
 
 
 def main(cfg: Config, comm) -> int:
@@ -107,7 +109,7 @@ def main(cfg: Config, comm) -> int:
     resume = None
     if cfg.restart:
         meta, arrays, root = hook.load(cfg.restart)
-        regression = CostateRegression(cfg.window, cfg.ridge, cfg.regression_by_class)
+        regression = costate_regression(spec, cfg.window, cfg.ridge, cfg.regression_by_class)
         resume = LayerParallelState.from_arrays(int(meta["iteration"]), spec, start, stop, regression, arrays, root,
                                                 device)
         progress(f"restarting from {cfg.restart} after iteration {resume.k}")
