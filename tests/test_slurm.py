@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import h5py
@@ -337,7 +338,9 @@ def test_every_method_script_preempted_resumes_to_the_same_result(slurm, tmp_pat
 def check_report(tmp_path, results):
     """``paraflow-hpc report`` over every method's results: a table per method, readable plots."""
     out = tmp_path / "report"
-    done = subprocess.run(["paraflow-hpc", "report", *map(str, results), "--out", str(out)],
+    # the console script beside this interpreter: the test command does not put .venv/bin on PATH
+    script = os.path.join(os.path.dirname(sys.executable), "paraflow-hpc")
+    done = subprocess.run([script, "report", *map(str, results), "--out", str(out)],
                           capture_output=True, text=True, env=mpi_env(), timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     sections = (out / "summary.md").read_text().split("## ")[1:]
