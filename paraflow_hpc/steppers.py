@@ -70,10 +70,12 @@ class Fine:
     def cost(self) -> int:
         return self.steps * self.schedule.size
 
-    def __call__(self, W: torch.Tensor, window: int, budget: Budget) -> torch.Tensor:
-        budget.charge(self.cost())
+    def __call__(self, W: torch.Tensor, window: int, budget: Budget, steps: int | None = None) -> torch.Tensor:
+        """F(W) on window ``window``'s batches; ``steps`` < N_F truncates it (the end of a budget)."""
+        steps = self.steps if steps is None else steps
+        budget.charge(steps * self.schedule.size)
         state = self.fresh_state(W)
-        for j in range(self.steps):
+        for j in range(steps):
             W, _ = self.step(W, window * self.steps + j, j, state)
         return W
 

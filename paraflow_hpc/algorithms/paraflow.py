@@ -16,7 +16,10 @@ Choices the paper leaves open (docs/paraflow.md):
   d_B N_F + N N_G, the paper's count.
 * A window starts only when F is affordable; evaluations stop when the next one is not (the
   budget is never exceeded); a candidate that cannot be evaluated is not accepted, except F(W_0)
-  under ``keep_start=False``.
+  under ``keep_start=False``. ParaFlowS then spends what is left on F's next SGD steps (a truncated
+  F, accepted unchecked), since the paper runs every method "until a budget is completely consumed"
+  (its R = 1.000 cells at the largest N_F); with ``keep_start`` the rest stays unspent, as an
+  unchecked step could raise L. ParaFlow runs whole windows only.
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ class FlowResult:
 
 
 def _new_history(loss0: float) -> dict:
-    return {"loss": [loss0], "budget_used": [], "selected": [], "evaluated": [], "fine_loss": []}
+    return {"loss": [loss0], "budget_used": [], "selected": [], "evaluated": [], "fine_loss": [], "fine_steps": []}
 
 
 def _stop_reason(state: FlowState, budget: Budget, window_cost: int, k_max: int,
@@ -109,6 +112,13 @@ def paraflows(problem, fine, coarse, W0: torch.Tensor, *, n_g: int, selection: s
         with timers("coarse"):
             return coarse(point, spent)
 
+    def record(loss, selected, n_evaluated, fine_loss, fine_steps):
+        state.k += 1
+        state.used = spent.used
+        for key, value in (("loss", loss), ("budget_used", spent.used), ("selected", selected),
+                           ("evaluated", n_evaluated), ("fine_loss", fine_loss), ("fine_steps", fine_steps)):
+            state.history[key].append(value)
+
     interrupted, reason = False, ""
     while not (reason := _stop_reason(state, spent, fine.cost(), k_max, loss_tol, grad_tol)):
         with timers("fine"):
@@ -148,28 +158,34 @@ def paraflows(problem, fine, coarse, W0: torch.Tensor, *, n_g: int, selection: s
         else:
             selected, state.W, state.start = 1, f0, None
             loss = problem.loss(f0)   # monitoring only: not charged to the budget
-        state.k += 1
-        state.used = spent.used
-        for key, value in (("loss", loss), ("budget_used", spent.used), ("selected", selected),
-                           ("evaluated", n_evaluated), ("fine_loss", fine_loss)):
-            state.history[key].append(value)
+        record(loss, selected, n_evaluated, fine_loss, fine.steps)
         if progress:
             progress(f"ParaFlowS window {state.k}: L = {loss:.6e}, candidate {selected} of {n_evaluated} "
                      f"evaluated, budget {spent.used}")
         if after_iteration is not None and after_iteration(state):
             interrupted = True
             break
+    rest = (spent.limit - spent.used) // fine.schedule.size if reason == "budget" and not keep_start else 0
+    if rest:   # a truncated last F uses up the budget, as GD does
+        with timers("fine"):
+            state.W = fine(state.W, state.k, spent, steps=rest)
+        calls["fine"] += 1
+        state.start = None
+        record(problem.loss(state.W), 1, 0, math.nan, rest)   # monitoring loss, outside the budget
+        if progress:
+            progress(f"ParaFlowS: the last {rest} SGD steps use up the budget, L = {state.history['loss'][-1]:.6e}")
     return FlowResult(state.W, state.history["loss"][-1], state.k, spent.used, reason or "interrupted",
                       interrupted, state.history, timers.as_dict(),
                       {**{f"{k}_calls": v for k, v in calls.items()}, "gradient_evaluations": spent.used})
 
 
 def baseline(problem, fine, W0: torch.Tensor, *, budget: int, loss_tol: float = 0.0,
-             max_steps: int = 0) -> FlowResult:
+             max_steps: int = 0, stop: Callable[[], bool] | None = None) -> FlowResult:
     """GD / SGD (``fine``'s optimiser, batches and step) run for as many steps as ``budget`` pays.
 
     Step t uses the same batch as ParaFlowS's F step t. ``loss_tol`` stops once the batch loss
-    is below it, checked only with the full batch (where the batch loss is L itself).
+    is below it, checked only with the full batch (where the batch loss is L itself). ``stop()``
+    true (a preemption) abandons the run: the result is marked interrupted.
     """
     timers = Timers()
     d_b = fine.schedule.size
@@ -180,6 +196,9 @@ def baseline(problem, fine, W0: torch.Tensor, *, budget: int, loss_tol: float = 
     losses = [problem.loss(W0)]
     with timers("fine"):
         for t in range(steps):
+            if stop is not None and stop():
+                steps, reason = t, "interrupted"
+                break
             W_next, batch_loss = fine.step(W, t, t, opt_state)
             if loss_tol and full_batch and batch_loss <= loss_tol:
                 steps, reason = t, "loss_tol"
@@ -187,7 +206,7 @@ def baseline(problem, fine, W0: torch.Tensor, *, budget: int, loss_tol: float = 
             W = W_next
     losses.append(problem.loss(W))   # monitoring only
     used = steps * d_b + (d_b if reason == "loss_tol" else 0)
-    return FlowResult(W, losses[-1], steps, used, reason, False,
+    return FlowResult(W, losses[-1], steps, used, reason, reason == "interrupted",
                       {"loss": losses, "budget_used": [used]}, timers.as_dict(),
                       {"fine_calls": steps, "gradient_evaluations": used})
 
@@ -317,7 +336,7 @@ def paraflow(comm, problem, fine, coarse, W0: torch.Tensor, *, n_intervals: int,
         spent.charge(window_used)
         state.used = spent.used
         for key, value in (("loss", best_loss), ("budget_used", spent.used), ("selected", best_n),
-                           ("evaluated", n_intervals), ("fine_loss", math.nan)):
+                           ("evaluated", n_intervals), ("fine_loss", math.nan), ("fine_steps", fine.steps)):
             state.history[key].append(value)
         if progress:
             progress(f"ParaFlow window {state.k}: L = {best_loss:.6e} from W_{{{best_n},1}}, budget {spent.used}")

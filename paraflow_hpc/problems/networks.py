@@ -77,7 +77,7 @@ class NetworkProblem:
         r = y - self.network(W, x)
         return 0.5 * torch.dot(r, r)
 
-    def _scale(self, count: int) -> float:
+    def _scale(self) -> float:
         return 1.0 if self.reduction == "sum" else 1.0 / self.n_samples
 
     def _groups(self, idx: torch.Tensor):
@@ -101,8 +101,7 @@ class NetworkProblem:
             gradient = gradient + grads.sum(0)
             value = value + values.sum()
         self.gradient_evaluations += int(idx.shape[0])
-        scale = self._scale(int(idx.shape[0]))
-        return float(value) * scale, gradient * scale
+        return float(value) * self._scale(), gradient * self._scale()
 
     def loss(self, W, idx: torch.Tensor | None = None) -> float:
         """L_idx(W) without a gradient (counted apart from the budget)."""
@@ -114,7 +113,7 @@ class NetworkProblem:
                     continue
                 value = value + vmap(fn, in_dims=(None,) + (0,) * len(args))(W, *args).sum()
         self.loss_evaluations += int(idx.shape[0])
-        return float(value) * self._scale(int(idx.shape[0]))
+        return float(value) * self._scale()
 
     def per_sample_gradients(self, W, idx: torch.Tensor) -> torch.Tensor:
         """The (|idx|, d) matrix of per-sample gradients grad L_i(W), unscaled (PINN: boundary rows first)."""

@@ -19,7 +19,7 @@ from ..problems.networks import PROBLEMS, make_problem
 from ..steppers import FINE_OPTIMIZERS, BatchSchedule, Coarse, Fine, Point
 from .common import EXIT_PREEMPTED, CheckpointHook
 
-HISTORY_INT = ("selected", "evaluated", "budget_used")
+HISTORY_INT = ("selected", "evaluated", "budget_used", "fine_steps")
 
 
 @dataclass

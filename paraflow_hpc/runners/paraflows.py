@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from mpi4py import MPI
 
 from ..algorithms.paraflow import SELECTIONS, baseline, paraflows
-from ..comm import Progress, Timers
+from ..comm import Progress, StopRequest, Timers
 from ..config import option, require
 from ..io.results import write_result
 from .common import EXIT_PREEMPTED
@@ -54,11 +54,15 @@ def main(cfg: Config, comm) -> int:
         interrupted = result.interrupted
         solo.Free()
     if cfg.baseline and comm.rank == baseline_rank and not interrupted:
+        stop = StopRequest.install()   # the baseline is not checkpointed: a preemption abandons it
         with timers("baseline"):
-            base = baseline(problem, fine, W0, budget=cfg.budget)
-    interrupted = comm.bcast(interrupted, root=0)
-    if interrupted:
-        progress(f"stopped after window {result.iterations}; resume with --restart {cfg.checkpoint}")
+            base = baseline(problem, fine, W0, budget=cfg.budget, stop=lambda: stop.flag)
+        interrupted = interrupted or base.interrupted
+    interrupted = bool(comm.allreduce(int(interrupted), op=MPI.MAX))
+    if interrupted:   # only rank 0 holds the ParaFlowS result
+        windows = comm.bcast(result.iterations if comm.rank == 0 else None, root=0)
+        progress(f"stopped after window {windows} (ParaFlowS) or during the baseline; "
+                 f"resume with --restart {cfg.checkpoint}")
         return EXIT_PREEMPTED
     result = comm.bcast(result, root=0)
     base = comm.bcast(base, root=baseline_rank)
