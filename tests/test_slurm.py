@@ -207,8 +207,9 @@ def test_scaling_study_runs_each_rank_count_and_reports(slurm, tmp_path):
 METHOD_JOBS = {
     "parareal": ("parareal.sbatch", ["--problem", "lorenz", "--intervals", "8", "--coarse-steps", "16",
                                      "--fine-steps", "1500", "--tol", "0"], "parareal"),
-    "paraflows": ("paraflow.sbatch", ["paraflows", "--problem", "approximation", "--k-max", "3", "--n-g", "4",
-                                      "--baseline", "false", "--budget", "0"], "paraflows"),
+    "paraflow": ("paraflow.sbatch", ["--problem", "approximation", "--k-max", "3", "--budget", "0"], "paraflow"),
+    "paraflows": ("paraflows.sbatch", ["--problem", "approximation", "--k-max", "3", "--n-g", "4",
+                                       "--baseline", "false", "--budget", "0"], "paraflows"),
     "paso": ("paso.sbatch", ["--problem", "mlp", "--optimizer", "adam", "--lr", "0.01", "--steps", "30",
                              "--window", "4"], "paso"),
     "pan": ("pan.sbatch", ["--problem", "lorenz", "--tf", "0.6", "--n-coeffs", "12"], "pan"),
