@@ -45,12 +45,15 @@ class RunConfig:
         name = getattr(self, "problem", None)
         return os.path.join("results", f"{self.method}-{name}.h5" if name else f"{self.method}.h5")
 
+    def output_stem(self) -> str:
+        """The output path without its .h5: the default name of every file written beside it."""
+        return self.output[:-3] if self.output.endswith(".h5") else self.output
+
     def resolve_paths(self) -> None:
         if not self.output:
             self.output = self.default_output()
         if not self.checkpoint:
-            stem = self.output[:-3] if self.output.endswith(".h5") else self.output
-            self.checkpoint = stem + ".ckpt.h5"
+            self.checkpoint = self.output_stem() + ".ckpt.h5"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -27,7 +27,7 @@ class BenchConfig(RunConfig):
 
     def write_table(self, comm, text: str) -> str:
         """Rank 0 writes the markdown table; every rank gets its path."""
-        path = self.table or os.path.splitext(self.output)[0] + ".md"
+        path = self.table or self.output_stem() + ".md"
         if comm.rank == 0:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             with open(path, "w") as fh:

@@ -77,7 +77,7 @@ class Config(BenchConfig):
 
     def resolve_paths(self) -> None:
         super().resolve_paths()
-        self.plot = self.plot or os.path.splitext(self.output)[0] + ".png"
+        self.plot = self.plot or self.output_stem() + ".png"
 
 
 def _idle_until_done(comm) -> None:
