@@ -1,6 +1,10 @@
-"""The ParaFlow paper's training problems: fully connected sigmoid networks, loss (1).
+"""The ParaFlow paper's training problems: fully connected networks, loss (1).
 
-    L(W) = sum_i L_i(W)  or  1/N sum_i L_i(W),   L_i(W) = 1/2 || P_i y(x_i) - P_i a^[L](x_i; W) ||^2
+    L(W) = sum_i w_i L_i(W),   L_i(W) = 1/2 || P_i y(x_i) - P_i a^[L](x_i; W) ||^2
+
+with the weights w_i of the reduction: 1 (``sum``), 1/N (``mean``), or 2/N_term
+(``term-mean``: DeepXDE's loss, the mean squared residual of each term -- boundary,
+PDE -- summed over the terms).
 
 A problem is a small class: ``n_params`` (the flat parameter vector W in R^d), a
 per-sample loss ``sample_loss(W, i)`` written for ONE sample and vectorised with
@@ -11,8 +15,8 @@ vmapped per-sample losses' sum (= the sum of the per-sample gradients
 compare at.
 
 To add a problem: subclass :class:`NetworkProblem`, set ``layers`` and the data in
-``__init__``, override ``sample_losses`` if P_i is not the identity, and add the
-class to ``PROBLEMS``.
+``__init__``, override ``_groups`` if P_i is not the identity, and add the class
+to ``PROBLEMS``.
 """
 from __future__ import annotations
 
@@ -23,19 +27,26 @@ import torch
 from torch.func import grad, grad_and_value, hessian, vmap
 
 DTYPE = torch.float64
+REDUCTIONS = ("sum", "mean", "term-mean")
 
 
 class NetworkProblem:
-    """A fully connected sigmoid network a^[l] = sigma(W^[l] a^[l-1] + b^[l]) on a fixed data set."""
+    """A fully connected network a^[l] = sigma(W^[l] a^[l-1] + b^[l]) on a fixed data set.
+
+    sigma is ``activation`` on every layer (the paper's sigmoid), or on every layer but
+    the last where ``linear_output`` is set.
+    """
 
     name = "network"
     layers: list[int] = []
     default_reduction = "sum"
+    activation = staticmethod(torch.sigmoid)
+    linear_output = False
 
     def __init__(self, reduction: str | None = None, device="cpu"):
         self.reduction = reduction or self.default_reduction
-        if self.reduction not in ("sum", "mean"):
-            raise ValueError(f"reduction = {self.reduction!r}: choose 'sum' or 'mean'")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"reduction = {self.reduction!r}: choose one of {', '.join(REDUCTIONS)}")
         self.device = torch.device(device)
         self.shapes = [(n_out, n_in) for n_in, n_out in zip(self.layers[:-1], self.layers[1:])]
         self.n_params = sum(o * i + o for o, i in self.shapes)
@@ -55,8 +66,10 @@ class NetworkProblem:
     def network(self, W, x):
         """a^[L](x; W) for one input x (shape (I,)); vmap batches it."""
         a = x
-        for weight, bias in self.unflatten(W):
-            a = torch.sigmoid(weight @ a + bias)
+        layers = self.unflatten(W)
+        for depth, (weight, bias) in enumerate(layers, start=1):
+            z = weight @ a + bias
+            a = z if self.linear_output and depth == len(layers) else self.activation(z)
         return a
 
     def initial_weights(self, seed: int) -> torch.Tensor:
@@ -78,12 +91,13 @@ class NetworkProblem:
         r = y - self.network(W, x)
         return 0.5 * torch.dot(r, r)
 
-    def _scale(self) -> float:
-        return 1.0 if self.reduction == "sum" else 1.0 / self.n_samples
+    def _weight(self, term_size: int) -> float:
+        """w_i of the samples of a loss term with ``term_size`` samples in the full set."""
+        return {"sum": 1.0, "mean": 1.0 / self.n_samples, "term-mean": 2.0 / term_size}[self.reduction]
 
     def _groups(self, idx: torch.Tensor):
-        """(per-sample function, its arguments) groups covering the samples ``idx``."""
-        return [(self.sample_loss, (self.inputs[idx], self.targets[idx]))]
+        """(per-sample function, its batched arguments, the term's full size) covering ``idx``."""
+        return [(self.sample_loss, (self.inputs[idx], self.targets[idx]), self.n_samples)]
 
     def value_and_grad(self, W, idx: torch.Tensor | None = None):
         """(L_idx(W), grad L_idx(W)): ``torch.func.grad`` of the vmapped per-sample losses' sum.
@@ -91,21 +105,21 @@ class NetworkProblem:
         ``idx=None`` is the full batch. The gradient equals the sum of the per-sample
         gradients (``per_sample_gradients``; tested) and costs |idx| gradient evaluations,
         but differentiating the sum never materialises the |idx| x d matrix, which makes
-        the PINN's full gradient ~15x faster. The scale is the problem's reduction: a sum
-        over the samples, or the sum divided by N (never by the batch size), so a
-        mini-batch gradient is an unbiased estimate of the full one up to N/|idx|.
+        the PINN's full gradient ~15x faster. The weights w_i are the full set's (never
+        rescaled by the batch size), so a mini-batch gradient is an unbiased estimate of
+        the full one up to N/|idx|.
         """
         idx = self.all_indices() if idx is None else idx
         gradient, value = grad_and_value(self._batch_loss)(W, idx)
         self.gradient_evaluations += int(idx.shape[0])
-        return float(value) * self._scale(), gradient * self._scale()
+        return float(value), gradient
 
     def _batch_loss(self, W, idx: torch.Tensor) -> torch.Tensor:
-        """sum_{i in idx} L_i(W), vmapped over the samples of each group."""
+        """sum_{i in idx} w_i L_i(W), vmapped over the samples of each term."""
         value = torch.zeros((), dtype=DTYPE, device=self.device)
-        for fn, args in self._groups(idx):
+        for fn, args, term_size in self._groups(idx):
             if args[0].shape[0]:
-                value = value + vmap(fn, in_dims=(None,) + (0,) * len(args))(W, *args).sum()
+                value = value + self._weight(term_size) * vmap(fn, in_dims=(None,) + (0,) * len(args))(W, *args).sum()
         return value
 
     def loss(self, W, idx: torch.Tensor | None = None) -> float:
@@ -114,14 +128,14 @@ class NetworkProblem:
         with torch.no_grad():
             value = self._batch_loss(W, idx)
         self.loss_evaluations += int(idx.shape[0])
-        return float(value) * self._scale()
+        return float(value)
 
     def per_sample_gradients(self, W, idx: torch.Tensor) -> torch.Tensor:
-        """The (|idx|, d) matrix of per-sample gradients grad L_i(W), unscaled (PINN: boundary rows first)."""
+        """The (|idx|, d) matrix of the weighted per-sample gradients w_i grad L_i(W) (PINN: boundary rows first)."""
         rows = []
-        for fn, args in self._groups(idx):
+        for fn, args, term_size in self._groups(idx):
             if args[0].shape[0]:
-                rows.append(vmap(grad(fn), in_dims=(None,) + (0,) * len(args))(W, *args))
+                rows.append(self._weight(term_size) * vmap(grad(fn), in_dims=(None,) + (0,) * len(args))(W, *args))
         self.gradient_evaluations += int(idx.shape[0])
         return torch.cat(rows)
 
@@ -169,6 +183,10 @@ class Approximation(NetworkProblem):
 class PoissonPINN(NetworkProblem):
     """[2,50,50,50,50,1] PINN for -Lap u = 1 on the L-shape (-1,1)^2 minus [0,1)^2, u = 0 on the boundary.
 
+    The paper takes this problem from DeepXDE (its ref. [4]), and so do we: tanh hidden layers,
+    a linear output, Glorot-uniform weights with zero biases, and DeepXDE's loss
+    mean_boundary u^2 + mean_interior (Lap u + 1)^2 (reduction ``term-mean``); with these the
+    GD column of the paper's Table 3 is reproduced (docs/paraflow.md).
     Samples 0..n_boundary-1 are boundary points (P_i = trace: L_i = u^2/2), the rest interior
     points (P_i = Laplacian: L_i = (Lap u + 1)^2/2). Boundary points are equispaced along the
     perimeter (length 8); interior points are uniform random (fixed data seed 0, independent of
@@ -177,7 +195,9 @@ class PoissonPINN(NetworkProblem):
 
     name = "pinn"
     layers = [2, 50, 50, 50, 50, 1]
-    default_reduction = "mean"
+    default_reduction = "term-mean"
+    activation = staticmethod(torch.tanh)
+    linear_output = True
     n_boundary, n_interior = 120, 1320
 
     def __init__(self, reduction=None, device="cpu"):
@@ -206,6 +226,16 @@ class PoissonPINN(NetworkProblem):
             points = np.vstack([points, p[inside]])
         return points[:count]
 
+    def initial_weights(self, seed: int) -> torch.Tensor:
+        """Glorot-uniform weights (U(-a, a), a = sqrt(6/(n_in+n_out))), zero biases; seeded."""
+        gen = torch.Generator().manual_seed(seed)
+        parts = []
+        for n_out, n_in in self.shapes:
+            bound = math.sqrt(6.0 / (n_in + n_out))
+            parts += [(2 * torch.rand(n_out * n_in, generator=gen, dtype=DTYPE) - 1) * bound,
+                      torch.zeros(n_out, dtype=DTYPE)]
+        return torch.cat(parts).to(self.device)
+
     def u(self, W, x):
         return self.network(W, x)[0]
 
@@ -219,7 +249,8 @@ class PoissonPINN(NetworkProblem):
     def _groups(self, idx):
         boundary = idx[idx < self.n_boundary]
         interior = idx[idx >= self.n_boundary]
-        return [(self.boundary_loss, (self.inputs[boundary],)), (self.interior_loss, (self.inputs[interior],))]
+        return [(self.boundary_loss, (self.inputs[boundary],), self.n_boundary),
+                (self.interior_loss, (self.inputs[interior],), self.n_interior)]
 
 
 PROBLEMS = {cls.name: cls for cls in (Classification, Approximation, PoissonPINN)}

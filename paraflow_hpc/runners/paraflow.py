@@ -15,7 +15,7 @@ from ..algorithms.paraflow import FlowState, paraflow
 from ..comm import Progress, torch_device
 from ..config import RunConfig, option, require
 from ..io.results import write_result
-from ..problems.networks import PROBLEMS, make_problem
+from ..problems.networks import PROBLEMS, REDUCTIONS, make_problem
 from ..steppers import FINE_OPTIMIZERS, BatchSchedule, Coarse, Fine, Point
 from .common import EXIT_PREEMPTED, CheckpointHook
 
@@ -27,8 +27,8 @@ class FlowConfig(RunConfig):
     """Options shared by ParaFlow and ParaFlowS."""
 
     problem: str = option("classification", "training problem", choices=sorted(PROBLEMS))
-    reduction: str = option("default", "loss (1) as a sum or a mean over samples (default: the problem's)",
-                            choices=["default", "sum", "mean"])
+    reduction: str = option("default", "loss (1) as a sum, a mean over samples, or DeepXDE's sum of per-term "
+                            "mean squared residuals (default: the problem's)", choices=["default", *REDUCTIONS])
     batch_size: int = option(0, "mini-batch size d_B of F (0: full batch N)")
     eta: float = option(0.01, "step eta_F of F's mini-batch steps")
     n_f: int = option(10, "N_F: steps of F per window")
