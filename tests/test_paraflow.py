@@ -145,6 +145,12 @@ def test_per_sample_gradients_sum_to_the_loss_gradient():
     fd = sum(u(x + h * e) - 2 * u(x) + u(x - h * e) for e in torch.eye(2, dtype=torch.float64)) / h ** 2
     residual = float(torch.sqrt(2 * problem.interior_loss(W, x)))   # |Lap u + 1|
     assert abs(residual - abs(fd + 1.0)) < 1e-5
+    # DeepXDE's loss: the mean squared residual of each term, summed over the two terms
+    boundary, interior = problem.inputs[:problem.n_boundary], problem.inputs[problem.n_boundary:]
+    lap = torch.stack([torch.trace(torch.func.hessian(problem.u, argnums=1)(W, y)) for y in interior])
+    u_boundary = torch.stack([problem.u(W, y) for y in boundary])
+    expected = float((u_boundary ** 2).mean() + ((lap + 1.0) ** 2).mean())
+    assert problem.loss(W) == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.fixture(scope="module")
