@@ -4,6 +4,7 @@ Works from the common layout (docs/results.md): root attributes, ``/history``,
 ``/timings`` (one entry per rank) and ``/config``. Runs that differ only in their rank
 count (and output paths) form a scaling study: speed-up and efficiency against ranks
 are plotted with the ideal line, relative to the smallest rank count present.
+``bench paraflows`` results are also merged into one copy of the paper's Tables 1-3.
 """
 from __future__ import annotations
 
@@ -254,5 +255,15 @@ def main(files: list[str], out_dir: str) -> int:
         outputs.append(os.path.join(out_dir, "scaling.png"))
     with open(md) as fh:
         print(fh.read())
+    tables = [run["file"] for run in runs if run["attrs"].get("method") == "bench-paraflows"]
+    if tables:   # e.g. the array tasks of jobs/paraflows_grid.sbatch: one merged copy of Tables 1-3
+        from .bench.paraflows import merged_markdown
+
+        path = os.path.join(out_dir, "paraflows_tables.md")
+        text = merged_markdown(tables)
+        with open(path, "w") as fh:
+            fh.write(text + "\n")
+        print(text)
+        outputs.append(path)
     print("written: " + ", ".join(outputs))
     return 0

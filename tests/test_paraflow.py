@@ -235,3 +235,15 @@ def test_bench_writes_ratios_table_and_race(tmp_path):
     assert "| full | 0.01 | 3e+03 |" in text and "1.0000 / –" in text
     assert [e["ranks"] for e in race["entries"]] == [1, 1, 1, 2]
     assert all(e["reached"] and e["loss"] <= race["target"] for e in race["entries"])
+    # a second file with another N_F of one row and a new row: `report` merges both into one table
+    more = tmp_path / "more.h5"
+    run_cli(1, ["bench", "paraflows", "--problems", "approximation", "--batches", "full,1", "--etas", "0.01",
+                "--budgets", "3000", "--n-fs", "50", "--n-g", "5", "--race", "false", "--output", more, "--quiet"],
+            timeout=300)
+    run_cli(1, ["report", out, more, "--out", tmp_path / "report"], timeout=120)
+    merged = (tmp_path / "report" / "paraflows_tables.md").read_text()
+    approx_full = next(line for line in merged.splitlines() if line.startswith("| full | 0.01 | 3e+03 | 4.8424"))
+    cells = approx_full.split(" | ")[6:]   # N_F = 10, 50, 100, 200
+    assert cells[0].startswith(f"{ratio[0, 0]:.4f}") and cells[2].startswith("1.0000") and cells[3].startswith("–")
+    assert not cells[1].startswith("n/r")
+    assert "| 1 | 0.01 | 3e+03 |" in merged and "n/r" in merged   # the batch-1 row has N_F = 50 only

@@ -14,7 +14,9 @@ import math
 import os
 from dataclasses import dataclass
 from importlib import resources
+from types import SimpleNamespace
 
+import h5py
 import numpy as np
 from mpi4py import MPI
 
@@ -118,9 +120,11 @@ def classify(values) -> list[int]:
     return [sum(x < 0.9 for x in v), sum(0.9 <= x <= 1.1 for x in v), sum(x > 1.1 for x in v)]
 
 
-def markdown(cfg: Config, rows: list[dict], tables: dict, race: dict | None, comm_size: int) -> str:
-    lines = [f"# ParaFlowS vs GD at equal budget (paper Tables 1-3), {comm_size} MPI ranks", "",
-             "Each cell: R = L_ParaFlowS / L_GD, ours / paper's (– : not even one F fits in the budget). "
+def markdown(cfg, rows: list[dict], tables: dict, race: dict | None, where: str) -> str:
+    """The tables of ``rows``; a row's R is aligned with ``cfg.n_fs`` (None: that N_F was not run)."""
+    lines = [f"# ParaFlowS vs GD at equal budget (paper Tables 1-3), {where}", "",
+             "Each cell: R = L_ParaFlowS / L_GD, ours / paper's (– : not even one F fits in the budget; "
+             "n/r: not run). "
              f"ParaFlowS: N_G = {cfg.n_g}, selection {cfg.selection}, F = N_F SGD steps of eta_F, "
              "G = one full-batch GD step of N_F eta_F; same W_0 and batches as GD.", ""]
     ours_full, paper_full = [], []
@@ -133,11 +137,12 @@ def markdown(cfg: Config, rows: list[dict], tables: dict, race: dict | None, com
             paper = paper_row(tables, name, row["batch"], row["eta"], row["budget"])
             paper_r = [paper["R"][tables["n_f"].index(n)] if paper and n in tables["n_f"] else None
                        for n in cfg.n_fs]
-            cells = [f"{fmt(r)} / {fmt(p)}" for r, p in zip(row["R"], paper_r)]
+            cells = [f"{'n/r' if r is None else fmt(r)} / {fmt(p)}" for r, p in zip(row["R"], paper_r)]
             lines.append(f"| {row['batch']} | {row['eta']:g} | {row['budget']:.0e} | {fmt(row['initial'])} | "
                          f"{fmt(row['gd'])} | {fmt(paper['gd'] if paper else None)} | " + " | ".join(cells) + " |")
             if row["batch"] == "full":
-                pairs = [(r, p) for r, p in zip(row["R"], paper_r) if p is not None and not math.isnan(r)]
+                pairs = [(r, p) for r, p in zip(row["R"], paper_r)
+                         if p is not None and r is not None and not math.isnan(r)]
                 ours_full += [r for r, _ in pairs]
                 paper_full += [p for _, p in pairs]
         lines.append("")
@@ -158,6 +163,42 @@ def markdown(cfg: Config, rows: list[dict], tables: dict, race: dict | None, com
                          f"{race['entries'][0]['seconds'] / entry['seconds']:.2f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def merged_markdown(paths: list[str]) -> str:
+    """One set of tables from several ``bench paraflows`` result files (e.g. the grid's array tasks).
+
+    Rows are sorted like the paper's; a row in several files gets each N_F's cell from the last file
+    that has it; the race is the last file's that has one. All files must share N_G, the selection
+    rule and the seed (GD and ParaFlowS are deterministic, so a row's GD is then the same in each).
+    """
+    by_key, race, settings = {}, None, set()
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("method") != "bench-paraflows":
+                raise ValueError(f"{path} is not a 'bench paraflows' result (method {f.attrs.get('method')!r})")
+            config = json.loads(f.attrs["config"])
+            settings.add((config["n_g"], config["selection"], config["seed"]))
+            data = {k: f["data"][k][()] for k in f["data"]}
+            n_fs = [int(n) for n in data["n_f"]]
+            for i, (problem, label, eta, budget) in enumerate(json.loads(f.attrs["rows"])):
+                row = by_key.setdefault((problem, label, eta, budget), {
+                    "problem": problem, "batch": label, "eta": eta, "budget": budget, "R": {}})
+                row.update(gd=float(data["loss_gd"][i]), initial=float(data["initial_loss"][i]))
+                row["R"].update(zip(n_fs, (float(r) for r in data["ratio"][i])))
+            race = json.loads(f.attrs["race"]) if f.attrs["race"] else race
+    if len(settings) > 1:
+        raise ValueError(f"the files differ in (N_G, selection, seed): {sorted(settings)}; merge like with like")
+    order = list(PROBLEMS)
+    all_n_fs = sorted({n for row in by_key.values() for n in row["R"]})
+    rows = sorted(by_key.values(), key=lambda r: (order.index(r["problem"]), r["batch"] != "full", r["batch"],
+                                                  -r["eta"], r["budget"]))
+    for row in rows:
+        row["R"] = [row["R"].get(n) for n in all_n_fs]
+    n_g, selection, _ = settings.pop()
+    cfg = SimpleNamespace(problems=[p for p in order if p in {r["problem"] for r in rows}], n_fs=all_n_fs,
+                          n_g=n_g, selection=selection)
+    return markdown(cfg, rows, paper_tables(), race, f"merged from {len(paths)} result files")
 
 
 def run_race(cfg: Config, comm, progress) -> dict:
@@ -231,7 +272,7 @@ def main(cfg: Config, comm) -> int:
     if cfg.race:
         with timers("race"):
             race = run_race(cfg, comm, progress)
-    text = markdown(cfg, results, tables, race, comm.size)
+    text = markdown(cfg, results, tables, race, f"{comm.size} MPI ranks")
     data = {"budget": np.array([r["budget"] for r in results]), "eta": np.array([r["eta"] for r in results]),
             "loss_gd": np.array([r["gd"] for r in results]), "initial_loss": np.array([r["initial"] for r in results]),
             "loss_paraflows": np.array([r["loss"] for r in results]).reshape(len(results), len(cfg.n_fs)),
