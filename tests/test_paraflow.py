@@ -196,6 +196,9 @@ def test_restart_gives_identical_result(tmp_path, method, nranks):
     (paraflows_runner, {"batch_size": "11"}, "batch_size = 11 exceeds the 10 samples"),
     (paraflow_runner, {"problem": "mnist"}, "problem = 'mnist' is not allowed"),
     (paraflows_runner, {"budget": "0"}, "nothing would stop the run"),
+    (paraflow_runner, {"reduction": "median"}, "reduction = 'median' is not allowed"),
+    (bench, {"grid": "false", "race": "false"}, "leaves nothing to run"),
+    (bench, {"batches": "full,11"}, "batches: 11 exceeds the 10 samples of classification"),
 ])
 def test_bad_options_are_refused_with_a_clear_message(module, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):

@@ -45,6 +45,7 @@ class Config(BenchConfig):
     n_fs: list[int] = option((10, 50, 100), "N_F values (the paper's: 10, 50, 100, 500, 1000, 2000)")
     n_g: int = option(50, "ParaFlowS: most candidates per window")
     selection: str = option("break", "ParaFlowS selection", choices=list(SELECTIONS))
+    grid: bool = option(True, "run the table rows (false: the race only)")
     race: bool = option(True, "also time ParaFlow vs ParaFlowS vs GD to the same loss")
     race_problem: str = option("approximation", "problem of the race", choices=sorted(PROBLEMS))
     race_eta: float = option(0.01, "eta_F of the race")
@@ -69,6 +70,7 @@ class Config(BenchConfig):
         require(all(b > 0 for b in [*self.budgets, self.race_budget]), "budgets must be > 0")
         require(all(n >= 1 for n in [*self.n_fs, self.race_n_f]), f"n_fs = {self.n_fs}: every N_F must be >= 1")
         require(self.n_g >= 0, f"n_g = {self.n_g}: must be >= 0")
+        require(self.grid or self.race, "grid = race = false leaves nothing to run; set one of them to true")
 
 
 def batch_size(label: str, n_samples: int) -> int:
@@ -128,7 +130,7 @@ def markdown(cfg, rows: list[dict], tables: dict, race: dict | None, where: str)
              f"ParaFlowS: N_G = {cfg.n_g}, selection {cfg.selection}, F = N_F SGD steps of eta_F, "
              "G = one full-batch GD step of N_F eta_F; same W_0 and batches as GD.", ""]
     ours_full, paper_full = [], []
-    for name in cfg.problems:
+    for name in (p for p in cfg.problems if any(r["problem"] == p for r in rows)):
         lines += [f"## {name}", "",
                   "| batch | eta_F | budget | L_0 | L_GD ours | L_GD paper | " +
                   " | ".join(f"N_F={n}" for n in cfg.n_fs) + " |",
@@ -147,10 +149,11 @@ def markdown(cfg, rows: list[dict], tables: dict, race: dict | None, where: str)
                 paper_full += [p for _, p in pairs]
         lines.append("")
     ours_c, paper_c = classify(ours_full), classify(paper_full)
-    lines += ["## Full-batch cells (the same cells, ours vs paper)", "",
-              "| | R < 0.9 | 0.9 <= R <= 1.1 | R > 1.1 |", "|---|---|---|---|",
-              f"| ours | {ours_c[0]} | {ours_c[1]} | {ours_c[2]} |",
-              f"| paper | {paper_c[0]} | {paper_c[1]} | {paper_c[2]} |", ""]
+    if rows:
+        lines += ["## Full-batch cells (the same cells, ours vs paper)", "",
+                  "| | R < 0.9 | 0.9 <= R <= 1.1 | R > 1.1 |", "|---|---|---|---|",
+                  f"| ours | {ours_c[0]} | {ours_c[1]} | {ours_c[2]} |",
+                  f"| paper | {paper_c[0]} | {paper_c[1]} | {paper_c[2]} |", ""]
     if race:
         lines += [f"## Wall-clock to the same loss ({race['problem']}, full batch, eta_F = {race['eta']:g}, "
                   f"N_F = {race['n_f']}, target L = {race['target']:.6e}: GD's loss after {race['gd_budget']} "
@@ -252,7 +255,7 @@ def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
     tables = paper_tables()
     rows = [(p, b, eta, budget) for p in cfg.problems for b in cfg.batches for eta in cfg.etas
-            for budget in cfg.budgets]
+            for budget in cfg.budgets] if cfg.grid else []
     order = sorted(range(len(rows)), key=lambda i: -rows[i][3])   # largest budgets first, dealt round-robin
     mine = [rows[i] for i in order[comm.rank::comm.size]]
     progress(f"ParaFlowS table: {len(rows)} rows x {len(cfg.n_fs)} N_F on {comm.size} ranks")
