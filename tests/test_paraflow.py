@@ -132,6 +132,11 @@ def test_full_batch_sgd_is_gd_and_batches_are_pure_functions_of_step():
 
 
 def test_per_sample_gradients_sum_to_the_loss_gradient():
+    small = make_problem("approximation")
+    W = small.initial_weights(1)
+    idx = torch.tensor([0, 7, 29])
+    assert torch.allclose(small.per_sample_gradients(W, idx).sum(0), small.value_and_grad(W, idx)[1],
+                          rtol=1e-12, atol=1e-15)
     problem = make_problem("pinn")
     W = problem.initial_weights(0)
     idx = torch.tensor([3, 100, 500, 1200])

@@ -138,8 +138,8 @@ class NetworkProblem:
         rows = []
         for fn, args, term_size in self._groups(idx):
             if args[0].shape[0]:
-                def one_sample(W, *sample):
-                    return fn(W, *(a.unsqueeze(0) for a in sample))[0]
+                def one_sample(W, *sample, batched=fn):
+                    return batched(W, *(a.unsqueeze(0) for a in sample))[0]
                 rows.append(self._weight(term_size) * vmap(grad(one_sample), in_dims=(None,) + (0,) * len(args))(W, *args))
         self.gradient_evaluations += int(idx.shape[0])
         return torch.cat(rows)
