@@ -140,7 +140,8 @@ class NetworkProblem:
             if args[0].shape[0]:
                 def one_sample(W, *sample, batched=fn):
                     return batched(W, *(a.unsqueeze(0) for a in sample))[0]
-                rows.append(self._weight(term_size) * vmap(grad(one_sample), in_dims=(None,) + (0,) * len(args))(W, *args))
+                per_sample = vmap(grad(one_sample), in_dims=(None,) + (0,) * len(args))(W, *args)
+                rows.append(self._weight(term_size) * per_sample)
         self.gradient_evaluations += int(idx.shape[0])
         return torch.cat(rows)
 
