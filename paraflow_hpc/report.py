@@ -260,7 +260,11 @@ def main(files: list[str], out_dir: str) -> int:
         from .bench.paraflows import merged_markdown
 
         path = os.path.join(out_dir, "paraflows_tables.md")
-        text = merged_markdown(tables)
+        try:
+            text = merged_markdown(tables)
+        except ValueError as err:   # files from runs with different N_G, selection or seed
+            print(f"error: {err}")
+            return 2
         with open(path, "w") as fh:
             fh.write(text + "\n")
         print(text)

@@ -255,3 +255,9 @@ def test_bench_writes_ratios_table_and_race(tmp_path):
     assert cells[0].startswith(f"{ratio[0, 0]:.4f}") and cells[2].startswith("1.0000") and cells[3].startswith("–")
     assert not cells[1].startswith("n/r")
     assert "| 1 | 0.01 | 3e+03 |" in merged and "n/r" in merged   # the batch-1 row has N_F = 50 only
+    # files from runs with another N_G are not mixed into one table
+    other = tmp_path / "other.h5"
+    run_cli(1, ["bench", "paraflows", "--problems", "approximation", "--etas", "0.01", "--budgets", "300",
+                "--n-fs", "10", "--n-g", "6", "--race", "false", "--output", other, "--quiet"], timeout=300)
+    proc = run_cli(1, ["report", out, other, "--out", tmp_path / "mixed"], check=False, timeout=120)
+    assert proc.returncode == 2 and "differ in (N_G, selection, seed)" in proc.stdout
