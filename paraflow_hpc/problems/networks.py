@@ -73,13 +73,17 @@ class NetworkProblem:
         return a
 
     def initial_weights(self, seed: int) -> torch.Tensor:
-        """Xavier-normal weights (std sqrt(2/(n_in+n_out))), zero biases; seeded."""
+        """Layer by layer, ``layer_weights`` and zero biases; seeded."""
         gen = torch.Generator().manual_seed(seed)
         parts = []
         for n_out, n_in in self.shapes:
-            std = math.sqrt(2.0 / (n_in + n_out))
-            parts += [torch.randn(n_out * n_in, generator=gen, dtype=DTYPE) * std, torch.zeros(n_out, dtype=DTYPE)]
+            parts += [self.layer_weights(n_out, n_in, gen), torch.zeros(n_out, dtype=DTYPE)]
         return torch.cat(parts).to(self.device)
+
+    @staticmethod
+    def layer_weights(n_out: int, n_in: int, gen: torch.Generator) -> torch.Tensor:
+        """Xavier-normal: N(0, 2/(n_in+n_out)), flattened."""
+        return torch.randn(n_out * n_in, generator=gen, dtype=DTYPE) * math.sqrt(2.0 / (n_in + n_out))
 
     # --- data and loss -----------------------------------------------------------
     @property
@@ -232,15 +236,11 @@ class PoissonPINN(NetworkProblem):
             points = np.vstack([points, p[inside]])
         return points[:count]
 
-    def initial_weights(self, seed: int) -> torch.Tensor:
-        """Glorot-uniform weights (U(-a, a), a = sqrt(6/(n_in+n_out))), zero biases; seeded."""
-        gen = torch.Generator().manual_seed(seed)
-        parts = []
-        for n_out, n_in in self.shapes:
-            bound = math.sqrt(6.0 / (n_in + n_out))
-            parts += [(2 * torch.rand(n_out * n_in, generator=gen, dtype=DTYPE) - 1) * bound,
-                      torch.zeros(n_out, dtype=DTYPE)]
-        return torch.cat(parts).to(self.device)
+    @staticmethod
+    def layer_weights(n_out: int, n_in: int, gen: torch.Generator) -> torch.Tensor:
+        """Glorot-uniform: U(-a, a), a = sqrt(6/(n_in+n_out)), flattened."""
+        bound = math.sqrt(6.0 / (n_in + n_out))
+        return (2 * torch.rand(n_out * n_in, generator=gen, dtype=DTYPE) - 1) * bound
 
     def u(self, W, x):
         return self.network(W, x)[0]
