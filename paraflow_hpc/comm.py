@@ -32,6 +32,37 @@ def abort_on_uncaught_exception(comm) -> None:
     sys.excepthook = hook
 
 
+EXIT_ABORTED = 1  # MPI_Abort error code when one rank fails inside a collective section
+
+
+@contextmanager
+def collective(comm, what: str):
+    """Guard a collective section: an exception on any rank ends every rank, never a hang.
+
+    Inside a collective section (a parallel HDF5 write or read, a checkpoint, the first
+    evaluation of a user callable, PETSc object set-up) the other ranks may already wait
+    in a collective call that the failing rank will never join, so the exception cannot
+    be agreed on or unwound (an ``h5py.File`` exit would even run the collective close).
+    The failing rank prints its traceback once, prefixed with ``what``, and calls
+    ``MPI_Abort`` (exit code 1) on ``comm``. On one rank there is nobody to wait: the
+    exception propagates unchanged, so callers and tests see the ordinary error.
+
+    Use it *inside* any ``with h5py.File(..., driver="mpio")`` block. ``SystemExit`` and
+    ``KeyboardInterrupt`` pass through on one rank and abort on several.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if comm.size == 1:
+            raise
+        sys.stderr.write(f"error: rank {comm.rank} of {comm.size} failed during {what}: "
+                         f"{type(exc).__name__}: {exc}\n[rank {comm.rank}] traceback (aborting all "
+                         f"{comm.size} ranks):\n")
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        comm.Abort(EXIT_ABORTED)
+
+
 def mpi_library_version() -> str:
     """First line of the MPI library's version string (which may end in NUL bytes)."""
     return MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0]

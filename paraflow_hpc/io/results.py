@@ -25,7 +25,7 @@ import sys
 import h5py
 import numpy as np
 
-from ..comm import allgather_per_rank, mpi_library_version
+from ..comm import allgather_per_rank, collective, mpi_library_version
 
 
 def parallel_hdf5_available() -> bool:
@@ -126,16 +126,20 @@ def write_result(comm, path: str, *, method: str, config: dict, history: dict | 
     if comm.rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     comm.Barrier()
-    if parallel:
-        with h5py.File(tmp, "w", driver="mpio", comm=comm) as f:
-            _write_layout(f, comm, meta, config, history, per_rank, solution, layout, data, own_rank=True)
-    else:
-        gathered = comm.gather(solution, root=0)
-        if comm.rank == 0:
-            whole = {name: np.concatenate([g[name] for g in gathered]) for name in solution}
-            with h5py.File(tmp, "w") as f:
-                _write_layout(f, comm, meta, config, history, per_rank, whole,
-                              {n: [sum(layout[n])] for n in layout}, data, own_rank=False)
+    # Any failure on one rank while the others sit in a collective write/close ends all ranks.
+    with collective(comm, f"writing result {path}"):
+        if parallel:
+            with h5py.File(tmp, "w", driver="mpio", comm=comm) as f:
+                with collective(comm, f"writing result {path}"):
+                    _write_layout(f, comm, meta, config, history, per_rank, solution, layout, data,
+                                  own_rank=True)
+        else:
+            gathered = comm.gather(solution, root=0)
+            if comm.rank == 0:
+                whole = {name: np.concatenate([g[name] for g in gathered]) for name in solution}
+                with h5py.File(tmp, "w") as f:
+                    _write_layout(f, comm, meta, config, history, per_rank, whole,
+                                  {n: [sum(layout[n])] for n in layout}, data, own_rank=False)
     comm.Barrier()
     if comm.rank == 0:
         os.replace(tmp, path)
