@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from .stop import StopRequest
 
 EXIT_BAD_INPUT = 2
 
@@ -61,13 +64,13 @@ def _load(registry: dict, name: str, what: str):
 def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
     from mpi4py import MPI
 
-    from .comm import StopRequest, abort_on_uncaught_exception, check_launch
+    from .comm import EXIT_NON_FINITE, NonFiniteError, abort_on_uncaught_exception, check_launch, collective
     from .config import ConfigError, build_config, describe, parse_overrides
+    from .io.checkpoint import CheckpointError
     from .io.results import check_writable
 
     comm = MPI.COMM_WORLD
     abort_on_uncaught_exception(comm)
-    StopRequest.install()
     if kind == "run":
         from .runners import RUNNERS as registry
     else:
@@ -88,7 +91,17 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
         # Every rank validated the same input, so every rank stops here with this message.
         print(f"error: {err}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
-    return module.main(cfg, comm)
+    try:
+        # Anything a rank raises alone (a user callable's first evaluation, a set-up step) ends every
+        # rank with that rank's traceback; agreed errors pass through and are reported once below.
+        with collective(comm, f"paraflow-hpc {kind} {name}"):
+            return module.main(cfg, comm)
+    except (NonFiniteError, CheckpointError) as err:
+        if comm.rank == 0:
+            kept = [p for p in (cfg.checkpoint, cfg.checkpoint + ".prev") if os.path.exists(p)]
+            note = f"; the last checkpoint {kept[0]} is kept" if kept and isinstance(err, NonFiniteError) else ""
+            print(f"error: {err}{note}", file=sys.stderr, flush=True)
+        return EXIT_NON_FINITE if isinstance(err, NonFiniteError) else EXIT_BAD_INPUT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         from .report import main as report_main
 
         return report_main(args.files, args.out)
+    # Before numpy, torch and MPI are imported (a second or more): a SIGUSR1/SIGTERM from now on sets
+    # the stop flag (the run checkpoints and exits 3 at its first safe point) instead of killing it.
+    StopRequest.install()
     return _run(args.command, args.name, args.config, rest)
 
 

@@ -11,18 +11,25 @@ leaves the last complete checkpoint intact, and a corrupt one falls back to
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import time
 
 import h5py
 import numpy as np
 
+from ..comm import AgreedError, collective
+
 SCHEMA_VERSION = 1
+_STARTED = time.time()   # temporaries older than this process are not its own
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message says why and what to do."""
+class CheckpointError(AgreedError, RuntimeError):
+    """A checkpoint that cannot be used or written; the message says why and what to do.
+
+    Raised on every rank alike (rank 0 broadcasts the verdict)."""
 
 
 def _digest(kind: str, nranks: int, meta_json: str, groups: dict[str, dict[str, np.ndarray]]) -> str:
@@ -77,19 +84,46 @@ def _write_file(path: str, kind: str, nranks: int, meta: dict, groups) -> None:
         raise
 
 
+def _remove_stale_temporaries(path: str) -> None:
+    """Delete ``<path>.tmp.<pid>`` files a killed writer left: those of processes no longer alive
+    on this host, or older than this process (a requeued job on another node). Never our own."""
+    for tmp in glob.glob(glob.escape(path) + ".tmp.*"):
+        pid = tmp.rsplit(".", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:   # a live process of another user
+            alive = True
+        try:
+            if not alive or os.path.getmtime(tmp) < _STARTED:
+                os.remove(tmp)
+        except FileNotFoundError:
+            pass
+
+
 def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[str, np.ndarray],
                     root_arrays: dict[str, np.ndarray] | None = None) -> None:
-    """Collective: every rank passes its own arrays; rank 0 writes one file atomically."""
-    gathered = comm.gather({k: np.asarray(v) for k, v in rank_arrays.items()}, root=0)
-    error = None
-    if comm.rank == 0:
-        groups = {f"rank_{r:05d}": arrays for r, arrays in enumerate(gathered)}
-        groups["root"] = {k: np.asarray(v) for k, v in (root_arrays or {}).items()}
-        try:
-            _write_file(path, kind, comm.size, meta, groups)
-        except OSError as err:
-            error = f"could not write checkpoint {path!r}: {err}; the previous checkpoint is kept"
-    error = comm.bcast(error, root=0)
+    """Collective: every rank passes its own arrays; rank 0 writes one file atomically.
+
+    Raises :class:`CheckpointError` on every rank if the file cannot be written (the previous
+    checkpoint is kept); any other exception on one rank aborts all (``comm.collective``).
+    """
+    with collective(comm, f"writing checkpoint {path!r}"):
+        gathered = comm.gather({k: np.asarray(v) for k, v in rank_arrays.items()}, root=0)
+        error = None
+        if comm.rank == 0:
+            groups = {f"rank_{r:05d}": arrays for r, arrays in enumerate(gathered)}
+            groups["root"] = {k: np.asarray(v) for k, v in (root_arrays or {}).items()}
+            try:
+                _remove_stale_temporaries(path)
+                _write_file(path, kind, comm.size, meta, groups)
+            except OSError as err:
+                error = f"could not write checkpoint {path!r}: {err}; the previous checkpoint is kept"
+        error = comm.bcast(error, root=0)
     if error:
         raise CheckpointError(error)
 
@@ -131,25 +165,27 @@ def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None):
     A checkpoint that fails verification is refused; its ``.prev`` is used if valid.
     """
     result, error, notes = None, None, []
-    if comm.rank == 0:
-        for candidate in (path, path + ".prev"):
-            if not os.path.exists(candidate):
-                notes.append(f"checkpoint {candidate!r} does not exist")
-                continue
-            try:
-                result = _read_file(candidate, kind, comm.size, expect or {})
-                if candidate != path:
-                    print(f"warning: {notes[-1]}; using the previous checkpoint {candidate!r}", flush=True)
-                break
-            except CheckpointError as err:
-                notes.append(str(err))
-        if result is None:
-            error = notes[0] if len(notes) == 1 or "does not exist" in notes[1] else "; ".join(notes)
-    error = comm.bcast(error, root=0)
-    if error:
-        raise CheckpointError(error)
-    meta, groups = result if comm.rank == 0 else (None, None)
-    meta = comm.bcast(meta, root=0)
-    root = comm.bcast(groups.pop("root", {}) if comm.rank == 0 else None, root=0)
-    mine = comm.scatter([groups[f"rank_{r:05d}"] for r in range(comm.size)] if comm.rank == 0 else None, root=0)
+    with collective(comm, f"reading checkpoint {path!r}"):
+        if comm.rank == 0:
+            for candidate in (path, path + ".prev"):
+                if not os.path.exists(candidate):
+                    notes.append(f"checkpoint {candidate!r} does not exist")
+                    continue
+                try:
+                    result = _read_file(candidate, kind, comm.size, expect or {})
+                    if candidate != path:
+                        print(f"warning: {notes[-1]}; using the previous checkpoint {candidate!r}", flush=True)
+                    break
+                except CheckpointError as err:
+                    notes.append(str(err))
+            if result is None:
+                error = notes[0] if len(notes) == 1 or "does not exist" in notes[1] else "; ".join(notes)
+        error = comm.bcast(error, root=0)
+        if error:
+            raise CheckpointError(error)
+        meta, groups = result if comm.rank == 0 else (None, None)
+        meta = comm.bcast(meta, root=0)
+        root = comm.bcast(groups.pop("root", {}) if comm.rank == 0 else None, root=0)
+        mine = comm.scatter([groups[f"rank_{r:05d}"] for r in range(comm.size)] if comm.rank == 0 else None,
+                            root=0)
     return meta, mine, root

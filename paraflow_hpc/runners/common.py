@@ -6,7 +6,10 @@ because the job is being preempted.
 """
 from __future__ import annotations
 
-from ..comm import StopRequest
+import numpy as np
+from mpi4py import MPI
+
+from ..comm import NonFiniteError, StopRequest
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 
 EXIT_PREEMPTED = 3  # the job scripts requeue on this exit code
@@ -22,9 +25,19 @@ class CheckpointHook:
         self.progress = progress
         self.written = 0
 
-    def __call__(self, iteration: int, rank_arrays, root_arrays=None, meta=None) -> bool:
-        """Collective. ``rank_arrays``/``root_arrays`` are callables, only evaluated when saving."""
-        stop = self.stop.agreed(self.comm)
+    def __call__(self, iteration: int, rank_arrays, root_arrays=None, meta=None, finite: bool = True) -> bool:
+        """Collective. ``rank_arrays``/``root_arrays`` are callables, only evaluated when saving.
+
+        ``finite``: this rank's state is finite. If it is not on some rank, every rank raises
+        :class:`NonFiniteError` naming ``iteration`` and nothing is written, so the last
+        checkpoint stays the last finite state (the check rides on the stop agreement's reduction).
+        """
+        flags = np.array([int(self.stop.flag), int(not finite)])
+        self.comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
+        stop, bad = bool(flags[0]), bool(flags[1])
+        if bad:
+            raise NonFiniteError(f"non-finite state after iteration {iteration} (the step size or learning "
+                                 "rate is too large for this problem)")
         if stop or (self.every and iteration % self.every == 0):
             save_checkpoint(self.comm, self.path, self.kind, {**self.identity, **(meta or {}),
                                                               "iteration": iteration},
