@@ -5,14 +5,16 @@ The options and the state/checkpoint glue here are shared with ``run paraflows``
 """
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
-from ..algorithms.paraflow import FlowState, paraflow
-from ..comm import Progress, torch_device
+from ..algorithms.paraflow import FlowResult, FlowState, paraflow, paraflow_window_cost
+from ..comm import NonFiniteError, Progress, torch_device
 from ..config import RunConfig, option, require
 from ..io.results import write_result
 from ..problems.networks import PROBLEMS, REDUCTIONS, make_problem
@@ -20,6 +22,9 @@ from ..steppers import FINE_OPTIMIZERS, BatchSchedule, Coarse, Fine, Point
 from .common import EXIT_PREEMPTED, CheckpointHook
 
 HISTORY_INT = ("selected", "evaluated", "budget_used", "fine_steps")
+# A descent method whose final loss is more than this factor above L(W_0) has blown up (a step
+# too large for the problem): reported loudly and flagged in the file, not an error (docs/paraflow.md).
+BLOWUP_FACTOR = 10.0
 
 
 @dataclass
@@ -58,6 +63,16 @@ class FlowConfig(RunConfig):
         require(self.loss_tol >= 0 and self.grad_tol >= 0, "loss_tol and grad_tol must be >= 0 (0: off)")
         require(self.budget > 0 or self.k_max > 0,
                 "budget = 0 and k_max = 0: nothing would stop the run; set --budget or --k-max")
+
+    def costs(self) -> tuple[int, int, int]:
+        """(cost of one F, N, extra cost of one G) in per-sample gradients."""
+        n = PROBLEMS[self.problem]().n_samples
+        return self.n_f * (self.batch_size or n), n, (self.coarse_steps - 1) * n
+
+    def require_budget(self, minimum: int, what: str) -> None:
+        require(self.budget == 0 or self.budget >= minimum,
+                f"budget = {self.budget} is less than {what}, {minimum} per-sample gradients; "
+                f"use --budget {minimum} or more")
 
     def identity(self) -> dict:
         skip = {"output", "checkpoint", "checkpoint_every", "restart", "quiet", "device"}
@@ -108,6 +123,24 @@ def checkpointing(comm, cfg, kind: str, progress):
     return hook, resume, after_iteration
 
 
+def check_finite(result: FlowResult, method: str, unit: str, eta: float) -> None:
+    """Collective-free (``result`` is the same on every rank): NonFiniteError if the run blew up."""
+    if result.stop_reason == "non_finite":
+        raise NonFiniteError(f"{method}: non-finite loss L = {result.loss} in {unit} {result.iterations}: "
+                             f"the step eta = {eta:g} is too large for this problem; lower --eta")
+
+
+def blew_up(comm, result: FlowResult, method: str) -> bool:
+    """True (with a warning on stderr from rank 0) if the final loss exceeds BLOWUP_FACTOR * L(W_0)."""
+    initial = result.history["loss"][0]
+    grew = bool(result.loss > BLOWUP_FACTOR * initial)
+    if grew and comm.rank == 0:
+        print(f"warning: {method} blew up: its loss grew from L(W_0) = {initial:.6e} to {result.loss:.6e} "
+              f"(more than {BLOWUP_FACTOR:g} x): the step eta is too large for this problem; the result file "
+              "flags it", file=sys.stderr, flush=True)
+    return grew
+
+
 def history_arrays(history: dict) -> dict[str, np.ndarray]:
     return {k: np.array(v, dtype=np.int64 if k in HISTORY_INT else float) for k, v in history.items()}
 
@@ -122,6 +155,9 @@ class Config(FlowConfig):
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
         require(self.n_g >= 0, f"n_g = {self.n_g}: must be >= 0 (0: one subinterval per rank)")
+        fine_cost, n, coarse_extra = self.costs()
+        self.require_budget(paraflow_window_cost(self.n_g or comm_size, self.init, False, fine_cost, n, coarse_extra),
+                            "one ParaFlow window")
 
 
 def main(cfg: Config, comm) -> int:
@@ -141,6 +177,7 @@ def main(cfg: Config, comm) -> int:
                       grad_tol=cfg.grad_tol, resume=resume, after_iteration=after_iteration, progress=progress)
     comm.Barrier()
     seconds = MPI.Wtime() - t0
+    check_finite(result, "ParaFlow", "window", cfg.eta)
     if result.interrupted:
         progress(f"stopped after window {result.iterations}; resume with --restart {cfg.checkpoint}")
         return EXIT_PREEMPTED
@@ -152,7 +189,8 @@ def main(cfg: Config, comm) -> int:
                  attrs={"final_loss": result.loss, "iterations": result.iterations,
                         "budget_used": result.budget_used, "stop_reason": result.stop_reason,
                         "n_g": n_g, "n_samples": problem.n_samples, "n_params": problem.n_params,
-                        "loss_reduction": problem.reduction, "seconds": seconds, "restarted_from": cfg.restart})
+                        "loss_reduction": problem.reduction, "seconds": seconds, "restarted_from": cfg.restart,
+                        "blew_up": blew_up(comm, result, "ParaFlow")})
     progress(f"done: {result.iterations} windows, L = {result.loss:.6e}, budget used {result.budget_used} "
              f"({result.stop_reason}), {seconds:.2f} s; result written to {cfg.output}")
     return 0
