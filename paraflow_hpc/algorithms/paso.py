@@ -322,12 +322,14 @@ def paso(comm, problem, opt: OptimizerSpec, w0: np.ndarray, *, total_steps: int,
             with timers("reduce"):
                 comm.Allreduce(MPI.IN_PLACE, report, op=MPI.SUM)
             d, window_losses = report[:width], report[width:]
-            if not math.isfinite(window_losses[0]):
-                diverged_at = t  # the loss at the exact w_t: the sequential run diverges here too
-                break
-
             unconverged = np.flatnonzero(~(d <= state.delta))
             stride = int(unconverged[0]) + 1 if len(unconverged) else width
+            # Losses at the exact w_t and the accepted steps t+1 .. t+stride-1: the first non-finite
+            # one is where the sequential run fails too (non-finite losses beyond are only guesses).
+            bad = np.flatnonzero(~np.isfinite(window_losses[:stride]))
+            if len(bad):
+                diverged_at = t + int(bad[0])
+                break
             state.deltas.append(state.delta)
             finite = d[np.isfinite(d)]
             if adapt != "fixed" and finite.size:

@@ -6,6 +6,8 @@ because the job is being preempted.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from mpi4py import MPI
 
@@ -13,6 +15,22 @@ from ..comm import NonFiniteError, StopRequest
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 
 EXIT_PREEMPTED = 3  # the job scripts requeue on this exit code
+# A training run whose final loss is more than this factor above its initial loss has blown up (a
+# step or learning rate too large for the problem): a warning and a file attribute, not an error,
+# since the loss is still finite (a non-finite one is NonFiniteError, exit 4). docs/paraflow.md.
+BLOWUP_FACTOR = 10.0
+
+
+def blew_up(comm, method: str, initial: float, final: float, flag: str = "blew_up") -> bool:
+    """Collective-free (the losses are the same on every rank): True if ``final`` exceeds
+    BLOWUP_FACTOR * ``initial``, with one warning on stderr (rank 0) in every mode; ``flag`` is
+    the result-file attribute the caller stores it in."""
+    grew = bool(final > BLOWUP_FACTOR * initial)
+    if grew and comm.rank == 0:
+        print(f"warning: {method} blew up: its loss grew from {initial:.6e} to {final:.6e} (more than "
+              f"{BLOWUP_FACTOR:g} x the initial loss): the step is too large for this problem; the result "
+              f"file flags it (attribute {flag})", file=sys.stderr, flush=True)
+    return grew
 
 
 class CheckpointHook:

@@ -5,8 +5,6 @@ The options and the state/checkpoint glue here are shared with ``run paraflows``
 """
 from __future__ import annotations
 
-import math
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,12 +17,9 @@ from ..config import RunConfig, option, require
 from ..io.results import write_result
 from ..problems.networks import PROBLEMS, REDUCTIONS, make_problem
 from ..steppers import FINE_OPTIMIZERS, BatchSchedule, Coarse, Fine, Point
-from .common import EXIT_PREEMPTED, CheckpointHook
+from .common import EXIT_PREEMPTED, CheckpointHook, blew_up
 
 HISTORY_INT = ("selected", "evaluated", "budget_used", "fine_steps")
-# A descent method whose final loss is more than this factor above L(W_0) has blown up (a step
-# too large for the problem): reported loudly and flagged in the file, not an error (docs/paraflow.md).
-BLOWUP_FACTOR = 10.0
 
 
 @dataclass
@@ -130,17 +125,6 @@ def check_finite(result: FlowResult, method: str, unit: str, eta: float) -> None
                              f"the step eta = {eta:g} is too large for this problem; lower --eta")
 
 
-def blew_up(comm, result: FlowResult, method: str) -> bool:
-    """True (with a warning on stderr from rank 0) if the final loss exceeds BLOWUP_FACTOR * L(W_0)."""
-    initial = result.history["loss"][0]
-    grew = bool(result.loss > BLOWUP_FACTOR * initial)
-    if grew and comm.rank == 0:
-        print(f"warning: {method} blew up: its loss grew from L(W_0) = {initial:.6e} to {result.loss:.6e} "
-              f"(more than {BLOWUP_FACTOR:g} x): the step eta is too large for this problem; the result file "
-              "flags it", file=sys.stderr, flush=True)
-    return grew
-
-
 def history_arrays(history: dict) -> dict[str, np.ndarray]:
     return {k: np.array(v, dtype=np.int64 if k in HISTORY_INT else float) for k, v in history.items()}
 
@@ -190,7 +174,7 @@ def main(cfg: Config, comm) -> int:
                         "budget_used": result.budget_used, "stop_reason": result.stop_reason,
                         "n_g": n_g, "n_samples": problem.n_samples, "n_params": problem.n_params,
                         "loss_reduction": problem.reduction, "seconds": seconds, "restarted_from": cfg.restart,
-                        "blew_up": blew_up(comm, result, "ParaFlow")})
+                        "blew_up": blew_up(comm, "ParaFlow", result.history["loss"][0], result.loss)})
     progress(f"done: {result.iterations} windows, L = {result.loss:.6e}, budget used {result.budget_used} "
              f"({result.stop_reason}), {seconds:.2f} s; result written to {cfg.output}")
     return 0

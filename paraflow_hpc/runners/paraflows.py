@@ -15,8 +15,8 @@ from ..algorithms.paraflow import SELECTIONS, baseline, paraflows, paraflows_min
 from ..comm import NonFiniteError, Progress, StopRequest, Timers
 from ..config import option, require
 from ..io.results import write_result
-from .common import EXIT_PREEMPTED
-from .paraflow import FlowConfig, blew_up, build, check_finite, checkpointing, history_arrays
+from .common import EXIT_PREEMPTED, blew_up
+from .paraflow import FlowConfig, build, check_finite, checkpointing, history_arrays
 
 
 @dataclass
@@ -78,13 +78,15 @@ def main(cfg: Config, comm) -> int:
     attrs = {"final_loss": result.loss, "iterations": result.iterations, "budget_used": result.budget_used,
              "stop_reason": result.stop_reason, "n_samples": problem.n_samples, "n_params": problem.n_params,
              "loss_reduction": problem.reduction, "paraflows_seconds": seconds["paraflows"],
-             "restarted_from": cfg.restart, "blew_up": blew_up(comm, result, "ParaFlowS")}
+             "restarted_from": cfg.restart,
+             "blew_up": blew_up(comm, "ParaFlowS", result.history["loss"][0], result.loss)}
     history = history_arrays(result.history)
     if base is not None:
         ratio = result.loss / base.loss if base.loss > 0 else math.nan
         attrs.update(baseline_loss=base.loss, baseline_steps=base.iterations, baseline_budget_used=base.budget_used,
                      ratio=ratio, baseline_seconds=seconds["baseline"],
-                     baseline_blew_up=blew_up(comm, base, "the GD/SGD baseline"))
+                     baseline_blew_up=blew_up(comm, "the GD/SGD baseline", base.history["loss"][0], base.loss,
+                                              "baseline_blew_up"))
     counters = {**(result.counters if comm.rank == 0 else {}),
                 **({"baseline_gradient_evaluations": base.budget_used} if comm.rank == baseline_rank and base else {}),
                 "gradient_evaluations_counted_by_problem": problem.gradient_evaluations,

@@ -8,14 +8,13 @@ import numpy as np
 from mpi4py import MPI
 
 from ..algorithms.paso import ADAPTIVE, OPTIMIZERS, OptimizerSpec, PasoState, paso, sequential_reference
-from ..comm import Progress, Timers, torch_device
+from ..comm import NonFiniteError, Progress, Timers, torch_device
 from ..config import RunConfig, option, require
 from ..io.results import write_result
 from ..problems.models import PROBLEMS, make_problem
-from .common import EXIT_PREEMPTED, CheckpointHook
+from .common import EXIT_PREEMPTED, CheckpointHook, blew_up
 
 EXIT_BAD_INPUT = 2  # as the CLI's
-EXIT_DIVERGED = 4
 TRAJECTORY_MEMORY_LIMIT = 2 * 1024 ** 3  # bytes of the reference trajectory each rank may hold
 
 
@@ -178,14 +177,10 @@ def main(cfg: Config, comm) -> int:
                   adapt=cfg.tol_adapt, ema_decay=cfg.ema_decay, chunk=cfg.vmap_chunk, resume=resume,
                   after_iteration=after_iteration, on_converged=reference, progress=progress)
     paso_seconds = comm.allreduce(run_timers.elapsed(), op=MPI.MAX)
-    if result.diverged_at is not None:
-        if comm.rank == 0:
-            print(f"error: non-finite loss at step {result.diverged_at} (at the exact weights w_"
-                  f"{result.diverged_at}; the sequential run diverges there too): lower lr. "
-                  f"Stopped after {result.iterations} iterations"
-                  + (f"; the last checkpoint {cfg.checkpoint} is kept" if hook.written else ""),
-                  file=sys.stderr, flush=True)
-        return EXIT_DIVERGED
+    if result.diverged_at is not None:   # the same on every rank (from the all-reduced losses)
+        raise NonFiniteError(f"non-finite loss at step {result.diverged_at} (at the exact weights w_"
+                             f"{result.diverged_at}; the sequential run diverges there too): lower lr. "
+                             f"Stopped after {result.iterations} iterations")
     if result.interrupted:
         progress(f"stopped after iteration {result.iterations}; resume with --restart {cfg.checkpoint}")
         return EXIT_PREEMPTED
@@ -193,11 +188,13 @@ def main(cfg: Config, comm) -> int:
     state = result.state
     gradients = comm.allreduce(state.gradients, op=MPI.SUM)
     paso_eval = problem.evaluate(result.w_final)
+    initial_loss = problem.evaluate(w0)["train_loss"]
     attrs = {"iterations": result.iterations, "steps": cfg.steps, "step_reduction": cfg.steps / result.iterations,
              "gradients": gradients, "cost_ratio_m": gradients / cfg.steps, "n_params": problem.n_params,
              "paso_seconds": paso_seconds, "paso_train_loss": paso_eval["train_loss"],
              "paso_test_accuracy": paso_eval["test_accuracy"], "restarted_from": cfg.restart,
-             "device": str(device)}
+             "device": str(device), "initial_train_loss": initial_loss,
+             "blew_up": blew_up(comm, "PASO", initial_loss, paso_eval["train_loss"])}
     history = {"batch_loss": np.array(state.losses), "stride": np.array(state.strides),
                "delta": np.array(state.deltas)}
     data = {"w_final": result.w_final}
@@ -210,7 +207,9 @@ def main(cfg: Config, comm) -> int:
         diff = result.w_final - w_seq
         attrs.update(sequential_seconds=seq_seconds, speedup=seq_seconds / paso_seconds,
                      sequential_train_loss=seq_eval["train_loss"], sequential_test_accuracy=seq_eval["test_accuracy"],
-                     final_max_abs_diff=float(np.max(np.abs(diff))), final_sq_diff=float(np.sum(diff ** 2)))
+                     final_max_abs_diff=float(np.max(np.abs(diff))), final_sq_diff=float(np.sum(diff ** 2)),
+                     sequential_blew_up=blew_up(comm, "the sequential torch.optim run", initial_loss,
+                                                seq_eval["train_loss"], "sequential_blew_up"))
         history["sequential_batch_loss"] = seq_losses
         data["w_sequential"] = w_seq
         summary += (f"; sequential: train loss {seq_eval['train_loss']:.5f}, test accuracy "
