@@ -214,12 +214,12 @@ def _open_verified(path: str, kind: str, nranks: int, expect: dict, spec, meta_i
     try:
         size = os.fstat(fh.fileno()).st_size
         if size < TRAILER.size:
-            raise CheckpointError(f"checkpoint {path!r} is truncated ({size} bytes)")
+            raise CheckpointError(f"checkpoint {path!r} fails its checksum: it is truncated ({size} bytes)")
         fh.seek(size - TRAILER.size)
         magic, length, digest = TRAILER.unpack(fh.read(TRAILER.size))
         if magic != MAGIC:
-            raise CheckpointError(f"checkpoint {path!r} has no paraflow_hpc checksum trailer: it is truncated, "
-                                  f"not a checkpoint, or from a version before schema {SCHEMA_VERSION}")
+            raise CheckpointError(f"checkpoint {path!r} fails its checksum (it has no paraflow_hpc trailer): it "
+                                  f"was truncated or edited, is not a checkpoint, or predates schema {SCHEMA_VERSION}")
         if length != size - TRAILER.size or _image_digest(fh, length) != digest.hex():
             raise CheckpointError(f"checkpoint {path!r} fails its checksum: it was truncated or edited")
         fh.seek(0)
