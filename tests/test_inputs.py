@@ -325,3 +325,83 @@ def test_report_of_crafted_result_files(tmp_path, result_file):
         line = next(x for x in lines if f"{case.replace(' ', '_')}.h5" in x)
         assert message in line, line
     assert any("text.h5: cannot be read as HDF5" in x for x in lines)
+
+
+# --- one validation layer: Python API, run and bench alike -----------------------------------
+
+def test_parareal_promotes_integer_y0_like_solve_ivp():
+    """y0 = [1, 0] once integrated in int64 (y(20) = [0 0], converged); now as floats, as scipy does."""
+    from mpi4py import MPI
+
+    from paraflow_hpc.algorithms.parareal import parareal, subinterval_bounds
+    from paraflow_hpc.propagators import make_propagator
+
+    def f(t, y):
+        return np.array([y[1], -y[0]])
+
+    times = subinterval_bounds(0.0, 20.0, 8)
+    result = parareal(MPI.COMM_SELF, make_propagator("rk4", f, 2), make_propagator("rk4", f, 50), np.array([1, 0]),
+                      times, tol=0.0, k_max=8)
+    assert result.boundaries.dtype == np.float64
+    np.testing.assert_allclose(result.boundaries[-1], [np.cos(20.0), -np.sin(20.0)], atol=1e-6)
+    for bad, message in ((dict(tol=-1.0), "tol = -1.0: must be >= 0"), (dict(k_max=0), "k_max = 0: must be >= 1")):
+        kwargs = {"tol": 0.0, "k_max": 8, **bad}
+        with pytest.raises(ValueError, match=message):
+            parareal(MPI.COMM_SELF, make_propagator("rk4", f, 2), make_propagator("rk4", f, 50), [1.0, 0.0],
+                     times, **kwargs)
+    with pytest.raises(ValueError, match="y0 contains NaN"):
+        parareal(MPI.COMM_SELF, make_propagator("rk4", f, 2), make_propagator("rk4", f, 50), [np.nan, 0.0],
+                 times, tol=0.0, k_max=8)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lr=-0.1), "lr = -0.1: the learning rate must be > 0"),
+    (dict(lr=0.0), "lr = 0.0: the learning rate must be > 0"),
+    (dict(betas=(0.9, 1.0)), r"beta2 = 1.0: must be in \[0, 1\)"),
+    (dict(betas=(1.2, 0.9)), r"beta1 = 1.2: must be in \[0, 1\)"),
+    (dict(eps=-1e-8), "eps = -1e-08: must be > 0"),
+    (dict(momentum=1.0), r"momentum = 1.0: must be in \[0, 1\)"),
+    (dict(weight_decay=-1.0), "weight_decay = -1.0: must be >= 0"),
+    (dict(schedule="linear"), "lr_schedule = 'linear' is not allowed"),
+])
+def test_optimizer_spec_refuses_what_the_cli_refuses(kwargs, message):
+    from paraflow_hpc.algorithms.paso import OptimizerSpec
+
+    with pytest.raises(ValueError, match=message):
+        OptimizerSpec("adam", kwargs.pop("lr", 0.01), 10, **kwargs)
+
+
+def test_paso_python_api_checks_and_defaults():
+    import inspect
+
+    from mpi4py import MPI
+
+    from paraflow_hpc.algorithms.paso import OptimizerSpec, paso
+    from paraflow_hpc.runners.paso import Config
+
+    defaults = inspect.signature(paso).parameters
+    assert (defaults["adapt"].default, defaults["ema_decay"].default) == (Config.tol_adapt, Config.ema_decay)
+    opt = OptimizerSpec("sgd", 0.1, 4)
+    for kwargs, message in ((dict(tol=-1.0), "tol = -1.0: must be >= 0"),
+                            (dict(tol=0.0, window=0), "window = 0: must be >= 1"),
+                            (dict(tol=0.0, ema_decay=1.5), r"ema_decay = 1.5: must be in \[0, 1\]"),
+                            (dict(tol=0.0, adapt="max"), "tol_adapt = 'max' is not allowed")):
+        with pytest.raises(ValueError, match=message):
+            paso(MPI.COMM_SELF, None, opt, np.zeros(3), total_steps=4, **{"window": 2, **kwargs})
+
+
+@pytest.mark.parametrize("kind, args, message", [
+    ("run", ["paso", "--batch", "5000"], "batch = 5000 exceeds the 1437 training images"),
+    ("run", ["paso", "--beta2", "1"], "beta2 = 1.0: must be in [0, 1)"),
+    ("bench", ["paso", "--batch", "5000"], "batch = 5000 exceeds the 1437 training images"),
+    ("bench", ["layer-parallel", "--lr", "-1"], "lr = -1.0: must be > 0"),
+    ("bench", ["layer-parallel", "--lr", "0"], "lr = 0.0: must be > 0"),
+    ("bench", ["layer-parallel", "--final-time", "0"], "final_time = 0.0: must be > 0"),
+    ("bench", ["layer-parallel", "--coarse-iterations", "-5"], "coarse_iterations = -5: must be >= 0"),
+    ("bench", ["layer-parallel", "--ridge", "-1"], "ridge = -1.0: must be >= 0"),
+    ("bench", ["layer-parallel", "--batch-size", "5000"], "batch_size = 5000 exceeds"),
+])
+def test_run_and_bench_share_the_checks(tmp_path, kind, args, message):
+    result = run_cli(2, [kind, *args, "--output", str(tmp_path / "b.h5")], check=False, timeout=120)
+    refused(result, message)
+    assert not list(tmp_path.iterdir())
