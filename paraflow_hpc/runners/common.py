@@ -39,6 +39,7 @@ class CheckpointHook:
     def __init__(self, comm, cfg, kind: str, identity: dict, progress=None):
         self.comm, self.kind, self.identity = comm, kind, identity
         self.path, self.every = cfg.checkpoint, cfg.checkpoint_every
+        self.spec = getattr(cfg, "checkpoint_spec", None)   # names and shapes a checkpoint must hold
         self.stop = StopRequest.install()
         self.progress = progress
         self.written = 0
@@ -67,4 +68,4 @@ class CheckpointHook:
         return stop
 
     def load(self, path: str):
-        return load_checkpoint(self.comm, path, self.kind, self.identity)
+        return load_checkpoint(self.comm, path, self.kind, self.identity, self.spec, meta_ints=("iteration",))

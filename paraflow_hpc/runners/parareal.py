@@ -8,7 +8,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..algorithms.parareal import PararealState, parareal, serial_fine, subinterval_bounds
-from ..comm import NonFiniteError, Progress, Timers
+from ..comm import NonFiniteError, Progress, Timers, block_partition
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
 from ..problems.ode import ODE_PROBLEMS
@@ -58,6 +58,16 @@ class Config(RunConfig):
         keys = ("problem", "t0", "tf", "intervals", "coarse", "coarse_steps", "fine", "fine_steps",
                 "fine_rtol", "fine_atol", "tol", "k_max", "reference")
         return {key: getattr(self, key) for key in keys}
+
+    def checkpoint_spec(self, rank, nranks: int) -> dict:
+        """The arrays a checkpoint of this run holds: rank ``rank``'s block (m subintervals) of
+        values of the problem's shape d, or the shared histories (``rank == "root"``)."""
+        if rank == "root":
+            return {"jumps": ((None,), "f"), "errors": ((None,), "f")}
+        d = np.shape(ODE_PROBLEMS[self.problem]().y0())
+        a, b = block_partition(self.intervals, nranks, rank)
+        return {"boundaries": ((b - a + 1,) + d, "f"), "coarse_old": ((b - a,) + d, "f"),
+                "fine": ((b - a,) + d, "f")}
 
 
 def main(cfg: Config, comm) -> int:

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from ..algorithms.paso import ADAPTIVE, OPTIMIZERS, OptimizerSpec, PasoState, paso, sequential_reference
+from .. import validation
+from ..algorithms.paso import (ADAPTIVE, DEFAULT_ADAPT, DEFAULT_EMA_DECAY, OPTIMIZERS, OptimizerSpec, PasoState,
+                              paso, sequential_reference)
 from ..comm import NonFiniteError, Progress, Timers, torch_device
 from ..config import RunConfig, option, require
 from ..io.results import write_result
@@ -36,8 +38,8 @@ class Config(RunConfig):
     clip_norm: float = option(0.0, "clip each step's gradient to this global norm, as "
                               "torch.nn.utils.clip_grad_norm_ (0: off)")
     tol: float = option(1e-10, "initial tolerance δ of rule (9); with tol_adapt = fixed, δ itself")
-    tol_adapt: str = option("median", "𝒜 in the EMA update (10) of δ, or fixed", choices=list(ADAPTIVE))
-    ema_decay: float = option(0.999, "EMA decay λ of the tolerance update (10)")
+    tol_adapt: str = option(DEFAULT_ADAPT, "𝒜 in the EMA update (10) of δ, or fixed", choices=list(ADAPTIVE))
+    ema_decay: float = option(DEFAULT_EMA_DECAY, "EMA decay λ of the tolerance update (10)")
     reference: str = option("trajectory", "run torch.optim sequentially too: none, final (w_T), or "
                             "trajectory (also the mean squared trajectory difference)",
                             choices=["none", "final", "trajectory"])
@@ -47,18 +49,15 @@ class Config(RunConfig):
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
-        require(self.steps >= 1, f"steps = {self.steps}: the number of optimizer steps T must be >= 1")
-        require(self.window >= 1, f"window = {self.window}: the window size p must be >= 1")
-        require(self.lr > 0, f"lr = {self.lr}: the learning rate must be > 0")
-        require(self.batch >= 1, f"batch = {self.batch}: must be >= 1")
-        for key in ("momentum", "beta1", "beta2"):
-            value = getattr(self, key)
-            require(0 <= value < 1, f"{key} = {value}: must be in [0, 1)")
-        require(self.eps > 0, f"eps = {self.eps}: must be > 0")
-        require(self.weight_decay >= 0, f"weight_decay = {self.weight_decay}: must be >= 0")
-        require(self.clip_norm >= 0, f"clip_norm = {self.clip_norm}: must be >= 0 (0 turns clipping off)")
-        require(self.tol >= 0, f"tol = {self.tol}: must be >= 0 (0 demands exact agreement)")
-        require(0 <= self.ema_decay <= 1, f"ema_decay = {self.ema_decay}: must be in [0, 1]")
+        # the same checks as the Python API's OptimizerSpec and paso() (paraflow_hpc.validation)
+        validation.optimizer(self.optimizer, self.lr, self.steps, schedule=self.lr_schedule,
+                             momentum=self.momentum, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                             weight_decay=self.weight_decay, clip_norm=self.clip_norm)
+        validation.paso_iteration(self.tol, self.tol_adapt, self.ema_decay, self.window, ADAPTIVE)
+        if self.problem in ("logreg", "mlp", "cnn"):
+            validation.batch_fits(self.batch, validation.digits_training_size(), "training images of digits")
+        else:
+            validation.count("batch", self.batch, 1)
         require(self.vmap_chunk >= 0, f"vmap_chunk = {self.vmap_chunk}: must be >= 0 (0: no chunking)")
         require(self.seed >= 0, f"seed = {self.seed}: must be >= 0 (it seeds the weights and the batches)")
 
