@@ -67,7 +67,9 @@ class Config(RunConfig):
         d = np.shape(ODE_PROBLEMS[self.problem]().y0())
         a, b = block_partition(self.intervals, nranks, rank)
         return {"boundaries": ((b - a + 1,) + d, "f"), "coarse_old": ((b - a,) + d, "f"),
-                "fine": ((b - a,) + d, "f")}
+                "fine": ((b - a,) + d, "f"),
+                # fine calls, coarse calls, rhs evaluations, seconds: this rank's totals so far
+                "counters": ((4,), "f")}
 
 
 def main(cfg: Config, comm) -> int:
