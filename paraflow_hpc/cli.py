@@ -53,8 +53,9 @@ def _info(check: bool) -> int:
 
 
 def _load(registry: dict, name: str, what: str):
+    """The module of ``name``, or None if there is no such method / benchmark."""
     if name not in registry:
-        raise SystemExit(f"error: unknown {what} {name!r}; choose one of: {', '.join(sorted(registry))}")
+        return None
     return importlib.import_module(registry[name])
 
 
@@ -91,7 +92,10 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
         from .runners import RUNNERS as registry
     else:
         from .bench import BENCHES as registry
-    module = _load(registry, name, "method" if kind == "run" else "benchmark")
+    what = "method" if kind == "run" else "benchmark"
+    module = _load(registry, name, what)
+    if module is None:
+        return _fail(comm, f"unknown {what} {name!r}; choose one of: {', '.join(sorted(registry))}")
     if "-h" in rest or "--help" in rest:
         if comm.rank == 0:
             print(f"paraflow-hpc {kind} {name} [--config FILE.toml] [--key value ...]\n\noptions:")
