@@ -84,6 +84,7 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
     from .config import ConfigError, build_config, describe, parse_overrides, read_config_file
     from .io.checkpoint import CheckpointError, verify_checkpoint
     from .io.paths import agree_paths
+    from .runners.common import checkpoint_meta
 
     comm = MPI.COMM_WORLD
     abort_on_uncaught_exception(comm)
@@ -129,7 +130,8 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
         lock = agree_paths(comm, cfg)
         if cfg.restart:   # refuse a checkpoint that cannot be resumed before any expensive work
             identity = cfg.identity() if hasattr(cfg, "identity") else {}
-            verify_checkpoint(comm, cfg.restart, cfg.method, identity, _restart_spec(cfg), meta_ints=("iteration",))
+            verify_checkpoint(comm, cfg.restart, cfg.method, identity, _restart_spec(cfg),
+                              meta_types=checkpoint_meta(cfg))
     except (ConfigError, CheckpointError) as err:
         return _fail(comm, str(err))
     try:
