@@ -72,11 +72,6 @@ def _fail(comm, message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def _restart_spec(cfg):
-    """What the run's checkpoint must hold, if its config says (``checkpoint_spec(rank)``)."""
-    return getattr(cfg, "checkpoint_spec", None)
-
-
 def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
     from mpi4py import MPI
 
@@ -126,13 +121,16 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
     error = _agree(comm, error)
     if error:
         return _fail(comm, error)
+    lock = None
     try:
         lock = agree_paths(comm, cfg)
         if cfg.restart:   # refuse a checkpoint that cannot be resumed before any expensive work
             identity = cfg.identity() if hasattr(cfg, "identity") else {}
-            verify_checkpoint(comm, cfg.restart, cfg.method, identity, _restart_spec(cfg),
+            verify_checkpoint(comm, cfg.restart, cfg.method, identity, getattr(cfg, "checkpoint_spec", None),
                               meta_types=checkpoint_meta(cfg))
     except (ConfigError, CheckpointError) as err:
+        if lock is not None:
+            lock.release()
         return _fail(comm, str(err))
     try:
         return module.main(cfg, comm)

@@ -93,10 +93,10 @@ def paso_iteration(tol, adapt: str, ema_decay, window, adaptive=("mean", "median
     fraction("ema_decay", ema_decay, closed=True)
 
 
-def batch_fits(batch, available: int, what: str) -> None:
+def batch_fits(batch, available: int, what: str, name: str = "batch") -> None:
     """A mini-batch drawn without replacement needs that many samples."""
-    count("batch", batch, 1)
-    require(batch <= available, f"batch = {batch} exceeds the {available} {what}; use batch <= {available}")
+    count(name, batch, 1)
+    require(batch <= available, f"{name} = {batch} exceeds the {available} {what}; use {name} <= {available}")
 
 
 def digits_training_size() -> int:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from .. import validation
 from ..comm import Timers, block_partition
 from ..problems.resnet import LAYER_PARAMS, ResNetSpec, Subnetwork, head_output, loss_value, prolong, restrict
 
@@ -402,6 +403,14 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
     """
     if coupling not in COUPLINGS:
         raise ValueError(f"unknown coupling {coupling!r}; choose one of: {', '.join(COUPLINGS)}")
+    # the checks of `run layer-parallel` (paraflow_hpc.validation; ConfigError is a ValueError)
+    validation.count("iterations", iterations, 1)
+    validation.positive("lr", lr)
+    validation.batch_fits(batch_size, len(data["y_train"]), "training samples", name="batch_size")
+    for key, value in (("coarse_iterations", coarse_iterations), ("window", window), ("eval_every", eval_every)):
+        validation.count(key, value, 0 if key == "coarse_iterations" else 1)
+    for key, value in (("coarse_lr", coarse_lr or 0.0), ("ridge", ridge), ("weight_decay", weight_decay)):
+        validation.nonnegative(key, value)
     coarse = coupling == "regression" and coarse_iterations > 0
     check_partition(spec.depth, comm.size, coarse)
     start, stop = layer_block(spec.depth, comm.size, comm.rank, coarse)
