@@ -127,7 +127,7 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
         if cfg.restart:   # refuse a checkpoint that cannot be resumed before any expensive work
             identity = cfg.identity() if hasattr(cfg, "identity") else {}
             verify_checkpoint(comm, cfg.restart, cfg.method, identity, getattr(cfg, "checkpoint_spec", None),
-                              meta_types=checkpoint_meta(cfg))
+                              meta_types=checkpoint_meta(cfg), nranks=getattr(cfg, "checkpoint_ranks", None))
     except (ConfigError, CheckpointError) as err:
         if lock is not None:
             lock.release()

@@ -304,7 +304,7 @@ def _check_structure(f, size, path, kind, nranks, expect, spec, meta_types):
     return layouts, meta
 
 
-def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types):
+def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types, nranks=None):
     """Rank 0: the first usable candidate of (path, path.prev) opened, or None and the error."""
     notes = []
     for candidate in (path, path + ".prev"):
@@ -312,7 +312,7 @@ def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types):
             notes.append(f"checkpoint {candidate!r} does not exist")
             continue
         try:
-            opened = _open_verified(candidate, kind, comm.size, expect, spec, meta_types)
+            opened = _open_verified(candidate, kind, nranks or comm.size, expect, spec, meta_types)
         except CheckpointError as err:
             notes.append(str(err))
             continue
@@ -326,13 +326,14 @@ def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types):
 
 
 def verify_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec=None,
-                      meta_types=None) -> None:
+                      meta_types=None, nranks: int | None = None) -> None:
     """Collective: raises :class:`CheckpointError` on every rank unless ``path`` (or its
-    ``.prev``) can be resumed by this run; reads no array data. For a check up front."""
+    ``.prev``) can be resumed by this run; reads no array data. For a check up front.
+    ``nranks``: the ranks that will load it, if not all of ``comm`` (a sub-communicator)."""
     error = None
     with collective(comm, f"checking checkpoint {path}"):
         if comm.rank == 0:
-            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_types)
+            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_types, nranks)
             if opened is not None:
                 opened.close()
         error = comm.bcast(error, root=0)
