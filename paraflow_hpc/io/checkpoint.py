@@ -108,10 +108,10 @@ def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[st
     """Collective: every rank passes its own numeric arrays (any size); rank 0 writes one file
     atomically. Raises :class:`CheckpointError` on every rank if it cannot be written (the
     previous checkpoint is kept); ``TypeError`` for a non-numeric array."""
-    mine = {k: _numeric(k, v) for k, v in rank_arrays.items()}
-    shared = {k: _numeric(k, v) for k, v in (root_arrays or {}).items()} if comm.rank == 0 else {}
     error = None
-    with collective(comm, f"writing checkpoint {path}"):
+    with collective(comm, f"writing checkpoint {path}"):   # a TypeError on one rank ends all ranks
+        mine = {k: _numeric(k, v) for k, v in rank_arrays.items()}
+        shared = {k: _numeric(k, v) for k, v in (root_arrays or {}).items()} if comm.rank == 0 else {}
         layouts = comm.gather(_describe(mine), root=0)
         tmp = f"{path}.partial-{os.getpid()}"
         f = None
