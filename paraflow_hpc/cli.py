@@ -56,8 +56,9 @@ def _info(check: bool) -> int:
 
 
 def _load(registry: dict, name: str, what: str):
+    """The module of ``name``, or None if there is no such method / benchmark."""
     if name not in registry:
-        raise SystemExit(f"error: unknown {what} {name!r}; choose one of: {', '.join(sorted(registry))}")
+        return None
     return importlib.import_module(registry[name])
 
 
@@ -74,11 +75,6 @@ def _fail(comm, message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def _restart_spec(cfg):
-    """What the run's checkpoint must hold, if its config says (``checkpoint_spec(rank)``)."""
-    return getattr(cfg, "checkpoint_spec", None)
-
-
 def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
     from mpi4py import MPI
 
@@ -86,6 +82,7 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
     from .config import ConfigError, build_config, describe, parse_overrides, read_config_file
     from .io.checkpoint import CheckpointError, verify_checkpoint
     from .io.paths import agree_paths
+    from .runners.common import checkpoint_meta
 
     comm = MPI.COMM_WORLD
     abort_on_uncaught_exception(comm)
@@ -93,7 +90,10 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
         from .runners import RUNNERS as registry
     else:
         from .bench import BENCHES as registry
-    module = _load(registry, name, "method" if kind == "run" else "benchmark")
+    what = "method" if kind == "run" else "benchmark"
+    module = _load(registry, name, what)
+    if module is None:
+        return _fail(comm, f"unknown {what} {name!r}; choose one of: {', '.join(sorted(registry))}")
     if "-h" in rest or "--help" in rest:
         if comm.rank == 0:
             print(f"paraflow-hpc {kind} {name} [--config FILE.toml] [--key value ...]\n\noptions:")
@@ -123,12 +123,16 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
     error = _agree(comm, error)
     if error:
         return _fail(comm, error)
+    lock = None
     try:
         lock = agree_paths(comm, cfg)
         if cfg.restart:   # refuse a checkpoint that cannot be resumed before any expensive work
             identity = cfg.identity() if hasattr(cfg, "identity") else {}
-            verify_checkpoint(comm, cfg.restart, cfg.method, identity, _restart_spec(cfg), meta_ints=("iteration",))
+            verify_checkpoint(comm, cfg.restart, cfg.method, identity, getattr(cfg, "checkpoint_spec", None),
+                              meta_types=checkpoint_meta(cfg), nranks=getattr(cfg, "checkpoint_ranks", None))
     except (ConfigError, CheckpointError) as err:
+        if lock is not None:
+            lock.release()
         return _fail(comm, str(err))
     try:
         # Anything a rank raises alone (a user callable's first evaluation, a set-up step) ends every

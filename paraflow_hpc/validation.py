@@ -93,10 +93,10 @@ def paso_iteration(tol, adapt: str, ema_decay, window, adaptive=("mean", "median
     fraction("ema_decay", ema_decay, closed=True)
 
 
-def batch_fits(batch, available: int, what: str) -> None:
+def batch_fits(batch, available: int, what: str, name: str = "batch") -> None:
     """A mini-batch drawn without replacement needs that many samples."""
-    count("batch", batch, 1)
-    require(batch <= available, f"batch = {batch} exceeds the {available} {what}; use batch <= {available}")
+    count(name, batch, 1)
+    require(batch <= available, f"{name} = {batch} exceeds the {available} {what}; use {name} <= {available}")
 
 
 def digits_training_size() -> int:
@@ -104,3 +104,25 @@ def digits_training_size() -> int:
     from .problems.models import load_digits_split
 
     return len(load_digits_split()[0][1])
+
+
+def flow_stops(budget, k_max, loss_tol, grad_tol) -> None:
+    """The stopping rules of ParaFlow / ParaFlowS: at least one of budget and k_max is needed."""
+    count("budget", budget, 0, " (0: no budget)")
+    count("k_max", k_max, 0, " (0: no limit)")
+    nonnegative("loss_tol", loss_tol, " (0: off)")
+    nonnegative("grad_tol", grad_tol, " (0: off)")
+    require(budget > 0 or k_max > 0, "budget = 0 and k_max = 0: nothing would stop the run; set --budget or --k-max")
+
+
+def float_weights(name: str, W):
+    """Weights as a floating-point torch tensor: integer tensors are promoted to float64
+    (integer arithmetic would truncate every step); NaN or infinity is refused."""
+    import torch
+
+    if not isinstance(W, torch.Tensor):
+        W = torch.as_tensor(state(name, W))
+    elif not (W.is_floating_point() or W.is_complex()):
+        W = W.to(torch.float64)
+    require(bool(torch.all(torch.isfinite(W))), f"{name} contains NaN or infinite values")
+    return W

@@ -281,6 +281,7 @@ def test_checkpoint_on_read_only_file_system(tmp_path):
 def test_bad_option_printed_once_on_three_ranks(tmp_path):
     result = parareal(3, "--output", tmp_path / "r.h5", "--fine-steps", "0")
     refused(result, "fine_steps = 0: must be >= 1")
+    refused(run_cli(3, ["run", "pararael"], check=False, timeout=120), "unknown method 'pararael'; choose one of")
 
 
 # --- report of crafted result files ----------------------------------------------------------
@@ -405,3 +406,25 @@ def test_run_and_bench_share_the_checks(tmp_path, kind, args, message):
     result = run_cli(2, [kind, *args, "--output", str(tmp_path / "b.h5")], check=False, timeout=120)
     refused(result, message)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lr=-1.0), "lr = -1.0: must be > 0"),
+    (dict(batch_size=5000), "batch_size = 5000 exceeds the 240 training samples"),
+    (dict(ridge=-1.0), "ridge = -1.0: must be >= 0"),
+    (dict(iterations=0), "iterations = 0: must be >= 1"),
+])
+def test_layer_parallel_train_refuses_what_the_cli_refuses(kwargs, message):
+    import torch
+    from mpi4py import MPI
+
+    from paraflow_hpc.algorithms.layer_parallel import train
+    from paraflow_hpc.problems.datasets import load_dataset
+    from paraflow_hpc.problems.resnet import ResNetSpec, init_params
+
+    ds = load_dataset("ellipses", 300, 0)
+    data = {k: torch.from_numpy(getattr(ds, k)) for k in ("x_train", "y_train", "x_test", "y_test")}
+    spec = ResNetSpec(ds.in_dim, 3, 2, 6, "euler", final_time=2.0)
+    options = {"iterations": 2, "lr": 0.3, "batch_size": 16, "seed": 5, "coupling": "exact", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        train(MPI.COMM_SELF, spec, init_params(spec, seed=3), data, **options)

@@ -43,3 +43,13 @@ def test_byte_flips_of_a_checkpoint_fall_back_or_are_refused(tmp_path):
     """HDF5 never parses a damaged checkpoint: the raw bytes are checked first (200+ positions)."""
     result = run_script(2, "checkpoint_flips.py", tmp_path, 200, timeout=300)
     assert "flips-ok" in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(not os.environ.get("PARAFLOW_LARGE_STATE_GIB"),
+                    reason="by hand: PARAFLOW_LARGE_STATE_GIB=2.2 (needs ~3x that in memory and disk per rank)")
+def test_state_above_2_gib_per_rank(tmp_path):
+    gib = os.environ["PARAFLOW_LARGE_STATE_GIB"]
+    result = run_script(2, "large_state.py", tmp_path, gib, timeout=3600)
+    assert "large-state-ok" in result.stdout
+    print(result.stdout)

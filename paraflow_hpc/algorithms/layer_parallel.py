@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from .. import validation
 from ..comm import NonFiniteError, Timers, block_partition
 from ..problems.resnet import LAYER_PARAMS, ResNetSpec, Subnetwork, head_output, loss_value, prolong, restrict
 
@@ -401,15 +402,22 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
     ``after_iteration(state)`` is called collectively after every iteration but the last; True stops
     the run there (preemption) with ``interrupted`` set.
 
-    Raises ValueError for a learning rate that is not a positive finite number, and
+    Raises ``ConfigError`` (a ValueError) for bad options (``paraflow_hpc.validation``), and
     :class:`~paraflow_hpc.comm.NonFiniteError` (on every rank) at the first evaluation after the
     batch loss or the full training loss became non-finite, naming the first such iteration.
     """
-    for name, value in (("lr", lr), ("coarse_lr", lr if coarse_lr is None else coarse_lr)):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} = {value}: the learning rate must be a positive finite number")
     if coupling not in COUPLINGS:
         raise ValueError(f"unknown coupling {coupling!r}; choose one of: {', '.join(COUPLINGS)}")
+    # the checks of `run layer-parallel` (paraflow_hpc.validation; ConfigError is a ValueError)
+    validation.count("iterations", iterations, 1)
+    validation.positive("lr", lr)
+    validation.batch_fits(batch_size, len(data["y_train"]), "training samples", name="batch_size")
+    for key, value in (("coarse_iterations", coarse_iterations), ("window", window), ("eval_every", eval_every)):
+        validation.count(key, value, 0 if key == "coarse_iterations" else 1)
+    if coarse_lr is not None:
+        validation.positive("coarse_lr", coarse_lr)
+    for key, value in (("ridge", ridge), ("weight_decay", weight_decay)):
+        validation.nonnegative(key, value)
     coarse = coupling == "regression" and coarse_iterations > 0
     check_partition(spec.depth, comm.size, coarse)
     start, stop = layer_block(spec.depth, comm.size, comm.rank, coarse)

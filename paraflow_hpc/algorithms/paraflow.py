@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from .. import validation
 from ..comm import Timers, block_partition
 from ..steppers import Budget, Point, correction, evaluate
 
@@ -121,6 +122,9 @@ def paraflows(problem, fine, coarse, W0: torch.Tensor, *, n_g: int, selection: s
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection = {selection!r}; choose one of: {', '.join(SELECTIONS)}")
+    validation.count("n_g", n_g, 0)
+    validation.flow_stops(budget, k_max, loss_tol, grad_tol)   # the checks of `run paraflows`
+    W0 = validation.float_weights("W0", W0)
     N = problem.n_samples
     timers = Timers()
     evaluates = keep_start or n_g >= 2   # otherwise ParaFlowS is F alone and needs no full gradient
@@ -269,6 +273,8 @@ def paraflow(comm, problem, fine, coarse, W0: torch.Tensor, *, n_intervals: int,
         raise ValueError(f"init = {init!r}; choose 'coarse' (a) or 'equal' (b)")
     if n_intervals < 1:
         raise ValueError(f"n_intervals = {n_intervals}: must be >= 1")
+    validation.flow_stops(budget, k_max, loss_tol, grad_tol)   # the checks of `run paraflow`
+    W0 = validation.float_weights("W0", W0)
     N, rank = problem.n_samples, comm.rank
     a, b = block_partition(n_intervals, comm.size, rank)
     active = min(comm.size, n_intervals)

@@ -134,10 +134,10 @@ def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[st
     """Collective: every rank passes its own numeric arrays (any size); rank 0 writes one file
     atomically. Raises :class:`CheckpointError` on every rank if it cannot be written (the
     previous checkpoint is kept); ``TypeError`` for a non-numeric array."""
-    mine = {k: _numeric(k, v) for k, v in rank_arrays.items()}
-    shared = {k: _numeric(k, v) for k, v in (root_arrays or {}).items()} if comm.rank == 0 else {}
     error = None
-    with collective(comm, f"writing checkpoint {path}"):
+    with collective(comm, f"writing checkpoint {path}"):   # a TypeError on one rank ends all ranks
+        mine = {k: _numeric(k, v) for k, v in rank_arrays.items()}
+        shared = {k: _numeric(k, v) for k, v in (root_arrays or {}).items()} if comm.rank == 0 else {}
         layouts = comm.gather(_describe(mine), root=0)
         tmp = f"{path}.partial-{os.getpid()}"
         f = None
@@ -234,7 +234,7 @@ class _Opened:
         self.fh.close()
 
 
-def _open_verified(path: str, kind: str, nranks: int, expect: dict, spec, meta_ints=()) -> _Opened:
+def _open_verified(path: str, kind: str, nranks: int, expect: dict, spec, meta_types=None) -> _Opened:
     """Opens ``path`` after checking its raw bytes, structure and identity; CheckpointError if not."""
     fh = open(path, "rb")
     f = None
@@ -252,7 +252,7 @@ def _open_verified(path: str, kind: str, nranks: int, expect: dict, spec, meta_i
         fh.seek(0)
         try:
             f = h5py.File(fh, "r")
-            layouts, meta = _check_structure(f, size, path, kind, nranks, expect, spec, meta_ints)
+            layouts, meta = _check_structure(f, size, path, kind, nranks, expect, spec, meta_types)
         except CheckpointError:
             raise
         except SchemaError as err:
@@ -267,7 +267,7 @@ def _open_verified(path: str, kind: str, nranks: int, expect: dict, spec, meta_i
         raise
 
 
-def _check_structure(f, size, path, kind, nranks, expect, spec, meta_ints):
+def _check_structure(f, size, path, kind, nranks, expect, spec, meta_types):
     version = int_attr(f.attrs, "schema_version")
     if version != SCHEMA_VERSION:
         raise CheckpointError(f"checkpoint {path!r} has schema version {version}, "
@@ -292,10 +292,13 @@ def _check_structure(f, size, path, kind, nranks, expect, spec, meta_ints):
             raise CheckpointError(
                 f"checkpoint {path!r} has {key} = {meta.get(key)!r}, this run has {value!r}; "
                 "restart with the configuration that wrote it")
-    for key in meta_ints:
+    for key, typ in (meta_types or {}).items():
         value = meta.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if typ is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise SchemaError(f"meta entry {key!r} = {value!r} is not a count (an integer >= 0)")
+        if typ is float and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                             or not math.isfinite(value)):
+            raise SchemaError(f"meta entry {key!r} = {value!r} is not a finite number")
     groups = ["root"] + [f"rank_{r:05d}" for r in range(nranks)]
     if sorted(f) != sorted(groups):
         raise SchemaError(f"top-level objects {sorted(f)[:5]} are not /root and /rank_00000.. /rank_{nranks - 1:05d}")
@@ -328,7 +331,7 @@ def _check_structure(f, size, path, kind, nranks, expect, spec, meta_ints):
     return layouts, meta
 
 
-def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_ints):
+def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types, nranks=None):
     """Rank 0: the first usable candidate of (path, path.prev) opened, or None and the error."""
     notes = []
     for candidate in (path, path + ".prev"):
@@ -336,7 +339,7 @@ def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_ints):
             notes.append(f"checkpoint {candidate!r} does not exist")
             continue
         try:
-            opened = _open_verified(candidate, kind, comm.size, expect, spec, meta_ints)
+            opened = _open_verified(candidate, kind, nranks or comm.size, expect, spec, meta_types)
         except CheckpointError as err:
             notes.append(str(err))
             continue
@@ -350,13 +353,14 @@ def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_ints):
 
 
 def verify_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec=None,
-                      meta_ints=()) -> None:
+                      meta_types=None, nranks: int | None = None) -> None:
     """Collective: raises :class:`CheckpointError` on every rank unless ``path`` (or its
-    ``.prev``) can be resumed by this run; reads no array data. For a check up front."""
+    ``.prev``) can be resumed by this run; reads no array data. For a check up front.
+    ``nranks``: the ranks that will load it, if not all of ``comm`` (a sub-communicator)."""
     error = None
     with collective(comm, f"checking checkpoint {path}"):
         if comm.rank == 0:
-            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_ints)
+            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_types, nranks)
             if opened is not None:
                 opened.close()
         error = comm.bcast(error, root=0)
@@ -364,7 +368,7 @@ def verify_checkpoint(comm, path: str, kind: str, expect: dict | None = None, sp
         raise CheckpointError(error)
 
 
-def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec=None, meta_ints=()):
+def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec=None, meta_types=None):
     """Collective: rank 0 verifies; returns (meta, this rank's arrays, root arrays).
 
     ``expect`` holds meta entries that must match this run (problem, sizes ...). ``spec``,
@@ -372,15 +376,15 @@ def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec
     ``{name: (shape, kinds)}`` for the arrays that group must hold: ``shape`` a tuple (a ``None``
     dimension, or ``None`` for the whole shape: any), ``kinds`` the allowed numpy dtype kinds
     (e.g. ``"f"``). A checkpoint that fails
-    verification is refused; its ``.prev`` is used if valid. ``meta_ints``: meta entries that
-    must be counts (integers >= 0), such as ``"iteration"``. Raises :class:`CheckpointError`
+    verification is refused; its ``.prev`` is used if valid. ``meta_types``: meta entries that
+    must be counts (``int``: integers >= 0, such as ``"iteration"``) or finite numbers (``float``). Raises :class:`CheckpointError`
     on every rank when neither can be used.
     """
     error = None
     with collective(comm, f"reading checkpoint {path}"):
         opened = None
         if comm.rank == 0:
-            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_ints)
+            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_types)
         error = comm.bcast(error, root=0)
         if error is None:
             meta, layouts = comm.bcast((opened.meta, opened.layouts) if comm.rank == 0 else None, root=0)

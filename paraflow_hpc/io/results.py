@@ -78,22 +78,6 @@ def git_revision() -> str:
         return "unknown"
 
 
-def check_writable(comm, path: str) -> str | None:
-    """Rank 0 checks that ``path`` can be created; every rank gets the same verdict."""
-    error = None
-    if comm.rank == 0:
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(directory, exist_ok=True)
-            probe = os.path.join(directory, f".paraflow-write-test-{os.getpid()}")
-            with open(probe, "wb") as fh:
-                fh.write(b"x")
-            os.remove(probe)
-        except OSError as err:
-            error = f"output path {path!r} is not writable ({err.strerror}); choose another with --output"
-    return comm.bcast(error, root=0)
-
-
 def _scalar_attr(value):
     if isinstance(value, (bool, int, float, str, np.generic)):
         return value

@@ -40,6 +40,7 @@ class CheckpointHook:
         self.comm, self.kind, self.identity = comm, kind, identity
         self.path, self.every = cfg.checkpoint, cfg.checkpoint_every
         self.spec = getattr(cfg, "checkpoint_spec", None)   # names and shapes a checkpoint must hold
+        self.meta_types = checkpoint_meta(cfg)
         self.stop = StopRequest.install()
         self.progress = progress
         self.written = 0
@@ -68,4 +69,10 @@ class CheckpointHook:
         return stop
 
     def load(self, path: str):
-        return load_checkpoint(self.comm, path, self.kind, self.identity, self.spec, meta_ints=("iteration",))
+        return load_checkpoint(self.comm, path, self.kind, self.identity, self.spec, meta_types=self.meta_types)
+
+
+def checkpoint_meta(cfg) -> dict:
+    """Types of the meta entries a run reads back from its checkpoint: the iteration (written by
+    every hook) and what the method's config names in ``checkpoint_meta`` (e.g. PASO's ``t``)."""
+    return {"iteration": int, **getattr(cfg, "checkpoint_meta", {})}

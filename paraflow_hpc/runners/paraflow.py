@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from .. import validation
 from ..algorithms.paraflow import FlowResult, FlowState, paraflow, paraflow_window_cost
 from ..comm import NonFiniteError, Progress, torch_device
 from ..config import RunConfig, option, require
@@ -53,11 +54,7 @@ class FlowConfig(RunConfig):
                 f"use 1..{n} (or 0 for the full batch)")
         require(self.coarse_steps >= 1, f"coarse_steps = {self.coarse_steps}: must be >= 1")
         require(0 <= self.momentum < 1, f"momentum = {self.momentum}: must be in [0, 1)")
-        require(self.budget >= 0, f"budget = {self.budget}: must be >= 0 (0: no budget)")
-        require(self.k_max >= 0, f"k_max = {self.k_max}: must be >= 0 (0: no limit)")
-        require(self.loss_tol >= 0 and self.grad_tol >= 0, "loss_tol and grad_tol must be >= 0 (0: off)")
-        require(self.budget > 0 or self.k_max > 0,
-                "budget = 0 and k_max = 0: nothing would stop the run; set --budget or --k-max")
+        validation.flow_stops(self.budget, self.k_max, self.loss_tol, self.grad_tol)   # as paraflow() does
 
     def costs(self) -> tuple[int, int, int]:
         """(cost of one F, N, extra cost of one G) in per-sample gradients."""

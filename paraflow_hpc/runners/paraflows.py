@@ -22,6 +22,7 @@ from .paraflow import FlowConfig, build, check_finite, checkpointing, history_ar
 @dataclass
 class Config(FlowConfig):
     method = "paraflows"
+    checkpoint_ranks = 1   # ParaFlowS is sequential: rank 0 alone writes and reads its checkpoints
     n_g: int = option(50, "N_G: most candidates per window (<= 1: F alone)")
     selection: str = option("break", "break at the first non-decrease (Alg. 2) or argmin over all N_G",
                             choices=list(SELECTIONS))

@@ -64,8 +64,10 @@ class Config(RunConfig):
         values of the problem's shape d, or the shared histories (``rank == "root"``)."""
         if rank == "root":
             return {"jumps": ((None,), "f"), "errors": ((None,), "f")}
-        d = np.shape(ODE_PROBLEMS[self.problem]().y0())
         a, b = block_partition(self.intervals, nranks, rank)
+        if self.problem not in ODE_PROBLEMS:   # a problem defined elsewhere: names and dtypes only
+            return {"boundaries": (None, "fc"), "coarse_old": (None, "fc"), "fine": (None, "fc")}
+        d = np.shape(ODE_PROBLEMS[self.problem]().y0())
         return {"boundaries": ((b - a + 1,) + d, "f"), "coarse_old": ((b - a,) + d, "f"),
                 "fine": ((b - a,) + d, "f"),
                 # fine calls, coarse calls, rhs evaluations, seconds: this rank's totals so far

@@ -64,6 +64,19 @@ class Config(RunConfig):
     def default_output(self) -> str:
         return f"results/paso-{self.problem}-{self.optimizer}.h5"
 
+    checkpoint_meta = {"t": int, "delta": float}   # read back on restart: the window start, δ
+
+    def checkpoint_spec(self, rank, nranks: int) -> dict:
+        """Names, dimensions and dtype kinds of the arrays a checkpoint of this run holds (the
+        sizes depend on the model, so only the number of dimensions is fixed)."""
+        if rank == "root":
+            return {"w_left": ((None,), "f"), "x_left": ((None, None), "f"), "w_right": ((None,), "f"),
+                    "losses": ((None,), "f"), "strides": ((None,), "iu"), "deltas": ((None,), "f")}
+        arrays = {"own_steps": ((None,), "iu"), "own_guesses": ((None, None), "f"), "gradients": (None, "iu")}
+        if self.reference == "trajectory":
+            arrays.update(traj_sum_sq=(None, "f"), traj_count=(None, "iu"))
+        return arrays
+
     def identity(self) -> dict:
         """The options that define the trajectory and the iteration: a checkpoint must match them."""
         keys = ("problem", "optimizer", "steps", "window", "lr", "lr_schedule", "batch", "momentum", "beta1",
