@@ -184,6 +184,7 @@ def run_problem(comm, name: str, case: dict, tol: float, scale: float, use_pymgr
                 parallel = sum(calls[l] * tau[l] / min(p, sizes[l]) for l in range(levels))
                 row[f"model_speedup_{p}"] = n * tau[0] / (parallel + serial_part)
         row["ratio_solve"] = row["ratio_setup"] = row["seconds_per_cycle_ratio"] = float("nan")
+        row["pymgrit_iterations"] = float("nan")
         if method == "mgrit" and pym is not None:
             Mgrit, Wrapped = pym
             ours_solve = seconds - comm.allreduce(timings.get("nested", 0.0), op=MPI.MAX)
