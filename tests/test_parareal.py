@@ -105,6 +105,9 @@ def test_no_fine_solve_after_the_decision_to_stop(rules):
         res, upd = rules[nranks]["calls/residual"], rules[nranks]["calls/update"]
         assert res["fine_calls"] == expected and res["iterations"] == 0 and res["converged"]
         assert upd["fine_calls"] == expected and upd["iterations"] == 1 and upd["converged"]
+    # pipelined: the next iteration's fine sweep (on subintervals n >= 1) runs ahead and is dropped
+    assert rules[2]["calls/residual/pipelined"]["fine_calls"] == [7, 8]
+    assert rules[2]["calls/update/pipelined"]["fine_calls"] == [7, 8]
 
 
 @pytest.mark.parametrize("case", ["dahlquist-be", "dahlquist-fe", "brusselator"])
@@ -121,8 +124,10 @@ def test_residual_rule_stops_before_the_update_rule(rules, case):
     assert res["residuals"][k_res] <= tol < res["residuals"][k_res - 1]
     n_intervals = {"dahlquist-be": 32, "dahlquist-fe": 64, "brusselator": 16}[case]
     assert res["errors"][k_res] <= n_intervals * tol
-    for nranks in (1, 3):
-        assert rules[nranks][f"{case}/residual"] == res and rules[nranks][f"{case}/update"] == upd
+    for nranks in (1, 2, 3):  # the same iterates and decisions on any rank count, either schedule
+        for rule in ("residual", "update"):
+            assert rules[nranks][f"{case}/{rule}"] == rules[2][f"{case}/{rule}"]
+            assert rules[nranks][f"{case}/{rule}/pipelined"] == rules[2][f"{case}/{rule}"]
 
 
 def test_speedup_bound_is_reported(tmp_path):
@@ -133,8 +138,9 @@ def test_speedup_bound_is_reported(tmp_path):
     assert 0 < attrs["model_speedup"] <= 2 / (result["iterations"] + 1) * 1.0001
 
 
-def test_restart_is_bit_identical(tmp_path):
-    opts = dict(problem="lorenz", intervals=12, coarse_steps=12, fine_steps=40, tol=1e-10)
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_restart_is_bit_identical(tmp_path, pipelined):
+    opts = dict(problem="lorenz", intervals=12, coarse_steps=12, fine_steps=40, tol=1e-10, pipelined=pipelined)
     full = run_parareal(tmp_path, 2, name="full", **opts,
                         checkpoint=tmp_path / "ck.h5", checkpoint_every=3)
     assert full["iterations"] > 6

@@ -17,16 +17,23 @@ before the classical rule on the update ||U^k - U^{k-1}||, which is kept as
 ``rule="update"``.
 
 Schedule on rank r (owning subintervals [a, b)), iteration k: receive U_a^k from
-rank r-1, sweep G through the block, send U_b^k to rank r+1; then
+rank r-1, sweep G through the block, send U_b^k to rank r+1; then, synchronous
+(default):
 - residual rule: F(U_n^k) on the block's subintervals that are not yet exact, then
-  the reduction of the residual norm decides;
-- update rule: the reduction of the update norm decides first, and F(U_n^k) is
+  the gather of the residual norms decides;
+- update rule: the gather of the update norms decides first, and F(U_n^k) is
   computed only if another iteration follows.
 No fine solve is spent after the decision to stop, and none on a subinterval that
 is already exact (a rank whose block is exact does no fine work at all). The price
-is one synchronisation per iteration: the fine sweeps of iteration k start after
-the last rank's coarse sweep, so an iteration costs about N tau_G + m tau_F on the
-critical path (m = subintervals per rank); see :func:`model_seconds`.
+is one synchronisation per iteration: the fine sweeps of iteration k + 1 start after
+the last rank's work of iteration k, so an iteration costs about N tau_G + m tau_F on
+the critical path (m = subintervals per rank). ``pipelined=True`` instead posts the
+gather non-blocking and runs ahead (update rule: F(U^k); residual rule: the coarse
+sweep and F of iteration k + 1) before waiting for it, so rank r's fine solves overlap
+the later ranks' coarse sweeps and an iteration costs about m (tau_F + tau_G); that
+work is dropped once, after the last iteration. Pipelining pays when the
+synchronisations cost more than one fine sweep, roughly K (P - 1) tau_G > tau_F; see
+:func:`model_seconds`.
 """
 from __future__ import annotations
 
@@ -133,15 +140,19 @@ def subinterval_bounds(t0: float, tf: float, n_intervals: int) -> np.ndarray:
 
 
 def model_seconds(n_intervals: int, tau_fine: float, tau_coarse: float, coarse_sweeps: int,
-                  fine_calls_critical: int) -> float:
-    """Run time of this schedule with free communication [s].
+                  fine_calls_critical: int, pipelined: bool = False) -> float:
+    """Run time of the schedule with free communication [s].
 
-    Every iteration's decision synchronises the ranks, so each coarse sweep is a chain
-    through all N subintervals (N tau_G), and the fine sweeps cost the fine calls of the
-    busiest rank: T = coarse_sweeps N tau_G + fine_calls_critical tau_F. The serial fine
-    solve costs N tau_F, so the speed-up bound is about P / (fine sweeps), P / (K + 1)
-    for the residual rule and P / K for the update rule.
+    Synchronous (default): every iteration's decision synchronises the ranks, so each coarse
+    sweep is a chain through all N subintervals, and the fine sweeps cost the fine calls of
+    the busiest rank: T = coarse_sweeps N tau_G + fine_calls_critical tau_F. Pipelined: one
+    chain N tau_G fills the pipeline, then each of the busiest rank's subintervals costs
+    tau_F + tau_G: T = N tau_G + fine_calls_critical (tau_F + tau_G). The serial fine solve
+    costs N tau_F, so the speed-up bound is about P / (fine sweeps): P / (K + 1) for the
+    residual rule, P / K for the update rule, one sweep more when pipelined.
     """
+    if pipelined:
+        return n_intervals * tau_coarse + fine_calls_critical * (tau_fine + tau_coarse)
     return coarse_sweeps * n_intervals * tau_coarse + fine_calls_critical * tau_fine
 
 
@@ -171,17 +182,21 @@ def serial_fine(comm, fine: Callable, y0: np.ndarray, times: np.ndarray, timers:
 
 def parareal(comm, coarse: Callable, fine: Callable, y0: np.ndarray, times: np.ndarray, *,
              tol: float | None = None, k_max: int, stopping: StoppingRule | None = None,
-             reference: np.ndarray | None = None, resume: PararealState | None = None,
+             pipelined: bool = False, reference: np.ndarray | None = None, resume: PararealState | None = None,
              after_iteration: Callable[[PararealState], bool] | None = None,
              progress: Callable[[str], None] | None = None) -> PararealResult:
     """Run Parareal on ``comm`` over the boundaries ``times`` (N + 1 points, N >= comm.size).
 
     ``coarse``/``fine``: G and F, ``phi(y, t0, t1) -> y`` on arrays of ``y0``'s shape and
     dtype. ``stopping``: the rule (default: absolute l2-norm residual <= ``tol``).
-    ``reference``: this rank's serial fine boundary values (from :func:`serial_fine`) to
-    record the max error per iteration. ``after_iteration(state)`` is called collectively
-    after every iteration that does not end the run (for checkpoints); returning True stops
-    the run there (preemption), with ``interrupted`` set.
+    ``pipelined``: overlap the decision of iteration k with the work of iteration k + 1
+    (update rule: F(U^k); residual rule: the coarse sweep and F of iteration k + 1), which
+    keeps the pipeline full on many ranks at the price of that work once, after the last
+    iteration; the iterates are the same. ``reference``: this rank's serial fine boundary
+    values (from :func:`serial_fine`) to record the max error per iteration.
+    ``after_iteration(state)`` is called collectively after every iteration that does not end
+    the run (for checkpoints); returning True stops the run there (preemption), with
+    ``interrupted`` set.
 
     Raises ``ValueError`` for fewer subintervals than ranks and ``FloatingPointError`` (on
     every rank alike) when an iterate becomes non-finite.
@@ -192,6 +207,8 @@ def parareal(comm, coarse: Callable, fine: Callable, y0: np.ndarray, times: np.n
         raise ValueError(f"{n_intervals} subintervals cannot be spread over {comm.size} ranks")
     a, b = block_partition(n_intervals, comm.size, comm.rank)
     m = b - a
+    # per rank: update, residual and iterate norms per boundary, and the error
+    counts = [3 * (hi - lo) + 1 for lo, hi in (block_partition(n_intervals, comm.size, r) for r in range(comm.size))]
     y0 = np.asarray(y0)
     timers = Timers()
     calls = {"fine": 0, "coarse": 0}
@@ -244,22 +261,33 @@ def parareal(comm, coarse: Callable, fine: Callable, y0: np.ndarray, times: np.n
                 comm.Send(U[-1], dest=comm.rank + 1, tag=TAG_BOUNDARY)
         return changes
 
-    def decide(state: PararealState, changes) -> bool:
-        """Collective: record this iterate's norms and decide whether it is the last."""
+    def start_measure(state: PararealState, changes):
+        """Post the gather of this iterate's per-boundary norms (F(U^k) computed if residual rule)."""
         k, U = state.k, state.boundaries
+        norm = stopping.point_norm
+        residual = [norm(state.fine[n - a] - U[n - a + 1]) if residual_rule and n >= k else 0.0
+                    for n in range(a, b)]  # exact subintervals (n < k): F(U_n^k) = U_{n+1}^k
+        values = [norm(u) for u in U[1:]] if stopping.relative else [0.0] * m
+        send = np.array([norm(c) for c in changes] + residual + values + [error_of(state)], dtype=float)
+        recv = np.empty(sum(counts))
+        return comm.Iallgatherv(send, [recv, counts]), recv
+
+    def finish_measure(state: PararealState, k: int, pending) -> bool:
+        """Complete the gather for iterate k, record its norms and decide whether it is the last."""
+        request, recv = pending
         with timers("wait"):
-            error = max(comm.allgather(error_of(state)))
+            request.Wait()
+        parts = np.split(recv, np.cumsum(counts)[:-1])
+        sizes = [(c - 1) // 3 for c in counts]
+        joined = [np.concatenate([p[j * n:(j + 1) * n] for p, n in zip(parts, sizes)]) for j in range(3)]
+        scale = stopping.time_norm(joined[2]) if stopping.relative else 1.0
+        scale = scale if scale > 0 else 1.0
+        error = float(max(p[-1] for p in parts))
         state.errors.append(error)
         if k > 0:
-            state.jumps.append(StoppingRule(stopping.tol, "update", stopping.norm, stopping.relative)
-                               .measure(comm, changes, U[1:]))
+            state.jumps.append(stopping.time_norm(joined[0]) / scale)
         if residual_rule:
-            if k < n_intervals:
-                run_fine(state)
-            # exact subintervals (n < k) have residual zero: F(U_n^k) = U_{n+1}^k there
-            residual = [state.fine[n - a] - U[n - a + 1] if n >= k else np.zeros_like(y0) for n in range(a, b)]
-            with timers("wait"):
-                state.residuals.append(stopping.measure(comm, residual, U[1:]))
+            state.residuals.append(stopping.time_norm(joined[1]) / scale)
             value = state.residuals[-1]
         else:
             value = state.jumps[-1] if k > 0 else np.inf
@@ -267,36 +295,61 @@ def parareal(comm, coarse: Callable, fine: Callable, y0: np.ndarray, times: np.n
             raise FloatingPointError(
                 f"Parareal diverged in iteration {k} (non-finite {stopping.rule}): the coarse or fine "
                 "propagator is unstable at this step size; increase coarse_steps / fine_steps or intervals")
-        converged = bool(value <= stopping.tol or k >= n_intervals)
         if progress:
             progress(f"iteration {k}" + (" (coarse prediction)" if k == 0 else "") +
                      (f": update {state.jumps[-1]:.3e}" if k > 0 else "") +
                      (f", residual {state.residuals[-1]:.3e}" if residual_rule else "") +
                      (f", error vs serial fine {error:.3e}" if reference is not None else ""))
-        if not converged and not residual_rule and k < k_stop:
-            run_fine(state)  # needed by iteration k + 1, computed only now that it will run
-        return converged
+        return bool(value <= stopping.tol or k >= n_intervals)
+
+    def advance(state: PararealState) -> list:
+        state.k += 1
+        return sweep(state)
 
     if resume is None:
         shape = y0.shape
         state = PararealState(0, np.zeros((m + 1,) + shape, y0.dtype), np.zeros((m,) + shape, y0.dtype),
                               np.zeros((m,) + shape, y0.dtype))
-        converged = decide(state, sweep(state))
-    else:
+        changes = sweep(state)
+    else:  # the resumed state was checkpointed after its iteration: continue with the next
         state = resume
-        converged = False
+        changes = advance(state)
+    fine_done = False  # F(U^k) of the current iterate already computed (pipelined, residual rule)
     interrupted = False
-    just_resumed = resume is not None  # that state was checkpointed already
-    while not converged and state.k < k_stop:
-        if not just_resumed and after_iteration is not None and after_iteration(state):
-            interrupted = True
+    while True:
+        k = state.k
+        if residual_rule and k < n_intervals and not fine_done:
+            run_fine(state)  # the residual's fine solves: also the ones iteration k + 1 needs
+        pending = start_measure(state, changes)
+        ahead = None  # pipelined, residual rule: iterate k kept while iteration k + 1 runs ahead
+        if pipelined and k < k_stop:
+            if residual_rule:
+                ahead = PararealState(k, state.boundaries.copy(), state.coarse_old.copy(), state.fine.copy(),
+                                      state.jumps, state.errors, state.residuals)
+                ahead_changes = advance(state)
+                if state.k < n_intervals:
+                    run_fine(state)
+            else:
+                run_fine(state)  # speculative: overlaps the later ranks' coarse sweeps
+        converged = finish_measure(state, k, pending)
+        if not pipelined and not residual_rule and not converged and k < k_stop:
+            run_fine(state)  # needed by iteration k + 1, computed only now that it will run
+        stop = converged or k >= k_stop
+        if not stop and after_iteration is not None and after_iteration(ahead or state):
+            stop = interrupted = True
+        if stop:
+            if ahead is not None:  # back to iterate k
+                state.k = k
+                state.boundaries[:], state.coarse_old[:], state.fine[:] = \
+                    ahead.boundaries, ahead.coarse_old, ahead.fine
             break
-        just_resumed = False
-        state.k += 1
-        converged = decide(state, sweep(state))
+        if ahead is not None:
+            changes, fine_done = ahead_changes, True
+        else:
+            changes, fine_done = advance(state), False
 
     return PararealResult(
-        iterations=state.k, converged=converged, interrupted=interrupted, first_subinterval=a,
+        iterations=state.k, converged=converged and not interrupted, interrupted=interrupted, first_subinterval=a,
         boundaries=state.boundaries[1:].copy(), jumps=state.jumps, residuals=state.residuals,
         errors=state.errors if reference is not None else [], timings=timers.as_dict(),
         fine_calls=calls["fine"], coarse_calls=calls["coarse"])

@@ -37,6 +37,8 @@ class Config(RunConfig):
     norm: str = option("l2", "norm of the stopping measure over boundaries: l2 (of per-point 2-norms) or max",
                        choices=list(NORMS))
     relative: bool = option(False, "divide the stopping measure by the same norm of the iterate")
+    pipelined: bool = option(False, "overlap each iteration's decision with the next iteration's work (pays "
+                             "on many ranks, roughly when K (P - 1) tau_G > tau_F; that work is lost once)")
     k_max: int = option(0, "iteration limit (0: N, where Parareal is exact)")
     reference: bool = option(True, "compute the serial fine solution to record the error per iteration")
 
@@ -107,7 +109,8 @@ def main(cfg: Config, comm) -> int:
     run_timers = Timers()
     try:
         stopping = StoppingRule(cfg.tol, cfg.stop, cfg.norm, cfg.relative)
-        result = parareal(comm, coarse, fine, y0, times, stopping=stopping, k_max=cfg.k_max or cfg.intervals,
+        result = parareal(comm, coarse, fine, y0, times, stopping=stopping, pipelined=cfg.pipelined,
+                          k_max=cfg.k_max or cfg.intervals,
                           reference=reference, resume=resume, after_iteration=after_iteration,
                           progress=progress)
     except FloatingPointError as err:
@@ -124,7 +127,8 @@ def main(cfg: Config, comm) -> int:
     fine_calls = comm.allgather(result.fine_calls)
     tau_f = comm.allreduce(timings.get("fine", 0.0)) / max(1, sum(fine_calls))
     tau_g = comm.allreduce(timings.get("coarse", 0.0)) / max(1, comm.allreduce(result.coarse_calls))
-    bound = cfg.intervals * tau_f / model_seconds(cfg.intervals, tau_f, tau_g, result.iterations + 1, max(fine_calls))
+    bound = cfg.intervals * tau_f / model_seconds(cfg.intervals, tau_f, tau_g, result.iterations + 1, max(fine_calls),
+                                                cfg.pipelined)
     speedup = serial_seconds / parareal_seconds
     counters = {"fine_calls": result.fine_calls, "coarse_calls": result.coarse_calls, "rhs_evaluations": problem.nfev}
     write_result(
