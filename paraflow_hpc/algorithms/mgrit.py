@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..comm import Timers, block_partition
+from ..comm import Timers, block_partition, collective
 from .parareal import StoppingRule
 
 TAG_GHOST = 21
@@ -174,7 +174,11 @@ def mgrit(comm, phis: Sequence[Callable], y0: np.ndarray, times: np.ndarray, fac
         """Phi_l from point j - 1 to point j of level l."""
         calls[l] += 1
         with timers("fine" if l == 0 else "coarse"):
-            return phis[l](u, grids[l][j - 1], grids[l][j])
+            if calls[l] > 1:
+                return phis[l](u, grids[l][j - 1], grids[l][j])
+            # a user callable failing on one rank must end all ranks, not leave them in a receive
+            with collective(comm, f"the first evaluation of the level-{l} propagator"):
+                return phis[l](u, grids[l][j - 1], grids[l][j])
 
     def exchange(lev: _Level, arr: np.ndarray):
         """Refresh the ghost: the last owned value goes to the next rank holding points."""
