@@ -110,7 +110,6 @@ class _Level:
         self.u = np.zeros(shape, y0.dtype)
         self.v = np.zeros(shape, y0.dtype)
         self.g = np.zeros(shape, y0.dtype)
-        self.y0 = y0
         if self.lo == 0 and not self.empty:
             self.u[1] = y0
 

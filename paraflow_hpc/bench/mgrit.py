@@ -29,7 +29,7 @@ from mpi4py import MPI
 
 from ..algorithms.mgrit import mgrit
 from ..algorithms.parareal import StoppingRule, model_seconds, parareal, serial_fine
-from ..comm import Progress, Timers, block_partition
+from ..comm import Progress, Timers
 from ..config import option, require
 from ..io.results import write_result
 from ..problems.ode import ODE_PROBLEMS

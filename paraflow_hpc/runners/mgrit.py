@@ -116,8 +116,9 @@ def main(cfg: Config, comm) -> int:
     problem.nfev = 0
     comm.Barrier()
     run_timers = Timers()
+    stopping = StoppingRule(cfg.tol, "residual", cfg.norm, cfg.relative)
     try:
-        result = mgrit(comm, phis, y0, times, factors, stopping=StoppingRule(cfg.tol, "residual", cfg.norm, cfg.relative),
+        result = mgrit(comm, phis, y0, times, factors, stopping=stopping,
                        max_iter=cfg.max_iter, relaxation=cfg.relaxation, cycle=cfg.cycle, nested=cfg.nested,
                        reference=reference, resume=resume, after_iteration=after_iteration, progress=progress)
     except FloatingPointError as err:

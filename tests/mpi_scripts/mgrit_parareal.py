@@ -42,7 +42,7 @@ for name, m, n_coarse, tf in (("dahlquist", 4, 6, 5.0), ("brusselator", 4, 6, 6.
         out["parareal_residuals"] = par.residuals
     chain = serial_fine(comm, phi0, y0, times)
     ref = comm.gather(chain[1:])
-    final = comm.gather(res.values if comm.rank == 0 else res.values)
+    final = comm.gather(res.values)
     if comm.rank == 0:
         whole = np.concatenate([final[0][1:]] + final[1:])
         out["error_at_k_equal_n"] = float(np.max(np.abs(whole - np.concatenate(ref))))
