@@ -349,7 +349,7 @@ def parareal(comm, coarse: Callable, fine: Callable, y0: np.ndarray, times: np.n
             changes, fine_done = advance(state), False
 
     return PararealResult(
-        iterations=state.k, converged=converged and not interrupted, interrupted=interrupted, first_subinterval=a,
+        iterations=state.k, converged=converged, interrupted=interrupted, first_subinterval=a,
         boundaries=state.boundaries[1:].copy(), jumps=state.jumps, residuals=state.residuals,
         errors=state.errors if reference is not None else [], timings=timers.as_dict(),
         fine_calls=calls["fine"], coarse_calls=calls["coarse"])
