@@ -194,7 +194,7 @@ def parareal(comm, coarse: Callable, fine: Callable, y0: np.ndarray, times: np.n
     keeps the pipeline full on many ranks at the price of that work once, after the last
     iteration; the iterates are the same. ``reference``: this rank's serial fine boundary
     values (from :func:`serial_fine`) to record the max error per iteration.
-    ``after_iteration(state)`` is called collectively after every iteration that does not end
+    ``after_iteration(state)`` is called collectively after every iteration k >= 1 that does not end
     the run (for checkpoints); returning True stops the run there (preemption), with
     ``interrupted`` set.
 
@@ -335,7 +335,7 @@ def parareal(comm, coarse: Callable, fine: Callable, y0: np.ndarray, times: np.n
         if not pipelined and not residual_rule and not converged and k < k_stop:
             run_fine(state)  # needed by iteration k + 1, computed only now that it will run
         stop = converged or k >= k_stop
-        if not stop and after_iteration is not None and after_iteration(ahead or state):
+        if not stop and k > 0 and after_iteration is not None and after_iteration(ahead or state):
             stop = interrupted = True
         if stop:
             if ahead is not None:  # back to iterate k
