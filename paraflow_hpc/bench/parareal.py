@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
-from ..algorithms.parareal import StoppingRule, model_seconds, parareal, serial_fine, subinterval_bounds
+from ..algorithms.parareal import STOP_RULES, StoppingRule, model_seconds, parareal, serial_fine, subinterval_bounds
 from ..comm import Progress, Timers
 from ..config import option, require
 from ..io.results import write_result
@@ -42,7 +42,8 @@ class Config(BenchConfig):
     method = "bench-parareal"
     problems: list[str] = field(default_factory=lambda: list(CASES),
                                 metadata={"help": "problems to run", "choices": None})
-    tol: float = option(1e-8, "Parareal tolerance on the residual (absolute, l2 over boundaries)")
+    tol: float = option(1e-8, "Parareal tolerance (absolute, l2 over boundaries)")
+    stop: str = option("residual", "stopping rule: the residual or the update", choices=list(STOP_RULES))
     scale: float = option(1.0, "multiply the subinterval count N by this (whole multiples of the ranks)")
 
     def validate(self, comm_size: int) -> None:
@@ -56,7 +57,7 @@ class Config(BenchConfig):
         return os.path.join("results", "bench-parareal.h5")
 
 
-def run_case(comm, name: str, case: dict, tol: float, scale: float) -> dict:
+def run_case(comm, name: str, case: dict, tol: float, scale: float, stop: str = "residual") -> dict:
     problem = ODE_PROBLEMS[name]()
     n = max(comm.size, int(round(case["intervals"] * scale)))
     times = subinterval_bounds(problem.t0, problem.tf, n)
@@ -72,7 +73,8 @@ def run_case(comm, name: str, case: dict, tol: float, scale: float) -> dict:
 
     comm.Barrier()
     wall = Timers()
-    result = parareal(comm, coarse, fine, y0, times, stopping=StoppingRule(tol), k_max=n, reference=reference)
+    result = parareal(comm, coarse, fine, y0, times, stopping=StoppingRule(tol, stop), k_max=n,
+                      reference=reference)
     comm.Barrier()
     parareal_seconds = comm.allreduce(wall.elapsed(), op=MPI.MAX)
 
@@ -108,7 +110,7 @@ def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
     rows = []
     for name in cfg.problems:
-        row = run_case(comm, name, CASES[name], cfg.tol, cfg.scale)
+        row = run_case(comm, name, CASES[name], cfg.tol, cfg.scale, cfg.stop)
         progress(f"{name}: K = {row['iterations']}, speed-up {row['speedup']:.2f} "
                  f"(model {row['model_speedup']:.2f}, efficiency {row['efficiency']:.2f})")
         rows.append(row)
