@@ -57,6 +57,23 @@ def test_two_levels_with_f_relaxation_are_parareal(tmp_path, nranks):
         assert got["error_at_k_equal_n"] <= 1e-13 * got["scale"]
 
 
+def test_spatial_coarsening_hook(tmp_path):
+    """Heat on 31 points, coarse levels on 15 (injection / linear interpolation): with FCF-relaxation
+    MGRIT converges to the serial fine solution (the tolerance controls the error), the same on
+    1, 2, 3 ranks; F-relaxation alone cannot remove the C-point residual that restriction drops."""
+    results = {}
+    for nranks in (1, 2, 3):
+        out = tmp_path / f"space-{nranks}.json"
+        run_script(nranks, "mgrit_space.py", out, timeout=240)
+        results[nranks] = json.loads(out.read_text())
+    for case in ("FCF-L2", "FCF-L3"):
+        got = results[2][case]
+        assert got["converged"] and got["iterations"] <= 10 and got["error"] <= 1e-11
+        for nranks in (1, 3):
+            assert results[nranks][case] == got
+    assert not results[2]["F-L2"]["converged"] and min(results[2]["F-L2"]["residuals"]) > 1e-3
+
+
 def run_mgrit(tmp_path, nranks, name="run", check=True, **opts):
     out = tmp_path / f"{name}-{nranks}.h5"
     args = ["run", "mgrit", "--quiet", "--output", str(out)]
