@@ -152,3 +152,17 @@ def test_bench_writes_hdf5_and_table(tmp_path):
     assert np.all(data["fine_calls"] >= data["intervals"])  # at least one fine sweep each
     table = (tmp_path / "bench.md").read_text().splitlines()
     assert table[0].startswith("| problem | method | ranks | N | K |") and len(table) == 9
+
+
+def test_relative_residual_divides_by_the_c_points(tmp_path):
+    opts = dict(SMALL, tol=0, max_iter=2)
+    absolute = run_mgrit(tmp_path, 2, name="abs", check=False, **opts)
+    relative = run_mgrit(tmp_path, 2, name="rel", check=False, **opts, relative="true")
+    assert absolute.returncode == relative.returncode == 4  # unconverged at max_iter: not a success
+    with h5py.File(tmp_path / "abs-2.h5") as fa, h5py.File(tmp_path / "rel-2.h5") as fr:
+        assert not fa.attrs["converged"]
+        np.testing.assert_array_equal(fa["solution/u"][()], fr["solution/u"][()])
+        c_points = fa["solution/u"][()][4::4]  # level-0 C-points j >= 1 (m = 4)
+        size = np.linalg.norm(np.linalg.norm(c_points, axis=1))
+        np.testing.assert_allclose(fr["history/residual_norm"][-1], fa["history/residual_norm"][-1] / size,
+                                   rtol=1e-12)

@@ -273,3 +273,14 @@ def test_bench_writes_hdf5_and_table(tmp_path):
     table = (tmp_path / "bench.md").read_text().splitlines()
     assert table[0].startswith("| problem | ranks | N | K |") and len(table) == 4
     assert table[2].startswith("| brusselator | 2 | 4 |")
+
+
+@pytest.mark.parametrize("norm", ["l2", "max"])
+def test_relative_measure_divides_by_the_iterate(tmp_path, norm):
+    opts = dict(problem="brusselator", intervals=8, coarse_steps=20, fine_steps=100, tol=0, k_max=3, norm=norm)
+    absolute = run_parareal(tmp_path, 2, name="abs", **opts)
+    relative = run_parareal(tmp_path, 2, name="rel", **opts, relative="true")
+    np.testing.assert_array_equal(relative["boundaries"], absolute["boundaries"])
+    U = absolute["boundaries"]
+    size = np.linalg.norm(np.linalg.norm(U, axis=1)) if norm == "l2" else np.max(np.abs(U))
+    np.testing.assert_allclose(relative["residual"][-1], absolute["residual"][-1] / size, rtol=1e-12)
