@@ -18,4 +18,9 @@ with h5py.File("results/parareal-lorenz.h5", "r") as f:
     print(f"  error vs serial fine per iteration: {', '.join(f'{e:.1e}' for e in f['history/error'][()])}")
     print(f"  per-rank seconds (fine / coarse / wait): " + ", ".join(
         f"{a:.2f}/{b:.2f}/{c:.2f}" for a, b, c in zip(f["timings/fine"], f["timings/coarse"], f["timings/wait"])))
+    p, k = int(f.attrs["mpi_size"]), int(f.attrs["iterations"])
+    print(f"  speed-up vs serial fine {f.attrs['speedup']:.2f}, the schedule's bound {f.attrs['model_speedup']:.2f}, "
+          f"efficiency {f.attrs['efficiency']:.2f}")
+    print(f"  the bound is about P/(K+1) = {p}/{k + 1} (K + 1 fine sweeps of N/P subintervals each), at most 1 on "
+          f"{p} ranks once K >= {p - 1}: Parareal pays with many ranks (docs/parareal.md, jobs/parareal_scaling.sbatch)")
 PY

@@ -6,7 +6,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="${PARAFLOW_VENV:-$here/.venv}"
-stamp="$venv/.paraflow-setup-v4"
+stamp="$venv/.paraflow-setup-v5"
 [ -f "$stamp" ] && exit 0
 
 debs="openmpi-bin python3-mpi4py python3-petsc4py python3-h5py-mpi python3-venv
@@ -41,6 +41,9 @@ pip() {  # pip's own chatter goes to the log; it is shown only if pip fails
     || { tail -n 30 "$log" >&2; return 1; }
 }
 pip install -c "$constraints" "torch==2.13.0" "pytest>=7" "pytest-timeout"
+# PyMGRIT: a test dependency (tests/test_mgrit.py cross-checks against it); --no-deps keeps Debian's
+# numpy/scipy/mpi4py, which it needs, from being replaced.
+pip install -c "$constraints" --no-deps "pymgrit==1.0.6"
 # --no-deps: pip does not see Debian's h5py/mpi4py/petsc4py and would install serial copies.
 pip install -c "$constraints" --no-deps --no-build-isolation -e "$here"
 

@@ -137,5 +137,6 @@ def test_main_job_runs_end_to_end():
     done = subprocess.run(["bash", "jobs/main.sh", "--quiet"], capture_output=True, text=True, timeout=600,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=mpi_env())
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "summary of results/parareal-lorenz.h5: method=parareal ranks=2 iterations=13 converged=True" \
+    assert "summary of results/parareal-lorenz.h5: method=parareal ranks=2 iterations=11 converged=True" \
         in done.stdout
+    assert "the schedule's bound" in done.stdout and "P/(K+1) = 2/12" in done.stdout

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_script
 from paraflow_hpc.problems.ode import ODE_PROBLEMS
 from paraflow_hpc.propagators import make_propagator
 
@@ -37,6 +37,7 @@ def run_parareal(tmp_path, nranks, name="run", extra=(), **opts):
     run_cli(nranks, args + list(extra))
     with h5py.File(out, "r") as f:
         return {"boundaries": f["solution/boundaries"][()], "update": f["history/update_norm"][()],
+                "residual": f["history/residual_norm"][()], "attrs": dict(f.attrs),
                 "error": f["history/error"][()], "iterations": int(f.attrs["iterations"]),
                 "converged": bool(f.attrs["converged"]), "config": json.loads(f.attrs["config"]),
                 "timings": {k: f["timings"][k][()] for k in f["timings"]}, "mpi_size": int(f.attrs["mpi_size"])}
@@ -47,8 +48,8 @@ def test_k_equal_n_reproduces_serial_fine(tmp_path, problem):
     intervals, coarse_steps, fine_steps = SMALL[problem]
     result = run_parareal(tmp_path, 4, problem=problem, intervals=intervals, coarse_steps=coarse_steps,
                           fine_steps=fine_steps, tol=0, k_max=0)
-    # tol = 0 runs to k = N unless an update is exactly zero (a fixed point reached earlier)
-    assert result["iterations"] == intervals or result["update"][-1] == 0.0
+    # tol = 0 runs to k = N unless a residual is exactly zero (a fixed point reached earlier)
+    assert result["iterations"] == intervals or result["residual"][-1] == 0.0
     reference = serial_fine(problem, intervals, fine_steps)
     scale = np.max(np.abs(reference))
     assert np.max(np.abs(result["boundaries"] - reference)) <= 1e-12 * scale
@@ -80,14 +81,66 @@ def test_dahlquist_error_decreases_monotonically(tmp_path):
 def test_lorenz_reference_iteration_counts(tmp_path):
     """Gander–Hairer check: N = 180, G = 1 RK4 step, F = 80 RK4 steps: k = 8 / 11 reach 1e-2 / 1e-6."""
     result = run_parareal(tmp_path, 2, problem="lorenz", intervals=180, coarse_steps=1, fine_steps=80,
-                          tol=1e-7)
+                          tol=1e-9)
     errors = result["error"]
     assert int(np.argmax(errors < 1e-2)) == 8
     assert int(np.argmax(errors < 1e-6)) == 11
 
 
-def test_restart_is_bit_identical(tmp_path):
-    opts = dict(problem="lorenz", intervals=12, coarse_steps=12, fine_steps=40, tol=1e-10)
+@pytest.fixture(scope="module")
+def rules(tmp_path_factory):
+    """tests/mpi_scripts/parareal_rules.py on 1, 2 and 3 ranks."""
+    out = {}
+    for nranks in (1, 2, 3):
+        path = tmp_path_factory.mktemp("rules") / "rules.json"
+        run_script(nranks, "parareal_rules.py", path, timeout=240)
+        out[nranks] = json.loads(path.read_text())
+    return out
+
+
+def test_no_fine_solve_after_the_decision_to_stop(rules):
+    """y' = 0 with exact G, N = 8: each rank solves F once per subinterval (the serial fine work
+    spread over the ranks), and none after the decision: [4, 4] on 2 ranks, not [7, 8]."""
+    for nranks, expected in ((1, [8]), (2, [4, 4]), (3, [3, 3, 2])):
+        res, upd = rules[nranks]["calls/residual"], rules[nranks]["calls/update"]
+        assert res["fine_calls"] == expected and res["iterations"] == 0 and res["converged"]
+        assert upd["fine_calls"] == expected and upd["iterations"] == 1 and upd["converged"]
+    # pipelined: the next iteration's fine sweep (on subintervals n >= 1) runs ahead and is dropped
+    assert rules[2]["calls/residual/pipelined"]["fine_calls"] == [7, 8]
+    assert rules[2]["calls/update/pipelined"]["fine_calls"] == [7, 8]
+
+
+@pytest.mark.parametrize("case", ["dahlquist-be", "dahlquist-fe", "brusselator"])
+def test_residual_rule_stops_before_the_update_rule(rules, case):
+    """The update ||U^K - U^{K-1}|| measures the error of U^{K-1}, so the update rule stops one
+    iteration after an accurate iterate; the residual rule stops at the first iterate with a small
+    residual, whose error is bounded by N times it (F stable). Same decisions on 1, 2, 3 ranks."""
+    tol = 1e-8
+    res, upd = rules[2][f"{case}/residual"], rules[2][f"{case}/update"]
+    k_res, k_upd = res["iterations"], upd["iterations"]
+    assert res["converged"] and upd["converged"]
+    assert upd["errors"][k_upd - 1] <= tol  # the update rule's last iteration was not needed
+    assert k_res <= k_upd - 1
+    assert res["residuals"][k_res] <= tol < res["residuals"][k_res - 1]
+    n_intervals = {"dahlquist-be": 32, "dahlquist-fe": 64, "brusselator": 16}[case]
+    assert res["errors"][k_res] <= n_intervals * tol
+    for nranks in (1, 2, 3):  # the same iterates and decisions on any rank count, either schedule
+        for rule in ("residual", "update"):
+            assert rules[nranks][f"{case}/{rule}"] == rules[2][f"{case}/{rule}"]
+            assert rules[nranks][f"{case}/{rule}/pipelined"] == rules[2][f"{case}/{rule}"]
+
+
+def test_speedup_bound_is_reported(tmp_path):
+    result = run_parareal(tmp_path, 2, problem="brusselator", intervals=8, coarse_steps=20, fine_steps=100)
+    attrs = result["attrs"]
+    np.testing.assert_allclose(attrs["efficiency"], attrs["speedup"] / attrs["model_speedup"])
+    # P / (fine sweeps) with K + 1 sweeps on 2 ranks, less the coarse work
+    assert 0 < attrs["model_speedup"] <= 2 / (result["iterations"] + 1) * 1.0001
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_restart_is_bit_identical(tmp_path, pipelined):
+    opts = dict(problem="lorenz", intervals=12, coarse_steps=12, fine_steps=40, tol=1e-10, pipelined=pipelined)
     full = run_parareal(tmp_path, 2, name="full", **opts,
                         checkpoint=tmp_path / "ck.h5", checkpoint_every=3)
     assert full["iterations"] > 6
@@ -98,6 +151,7 @@ def test_restart_is_bit_identical(tmp_path):
                              checkpoint=tmp_path / "ck2.h5")
     np.testing.assert_array_equal(restarted["boundaries"], full["boundaries"])
     np.testing.assert_array_equal(restarted["update"], full["update"])
+    np.testing.assert_array_equal(restarted["residual"], full["residual"])
     np.testing.assert_array_equal(restarted["error"], full["error"])
     assert restarted["iterations"] == full["iterations"]
 
@@ -153,6 +207,8 @@ def test_checkpoint_from_other_rank_count_or_problem_is_refused(tmp_path, checkp
     (["--tf", "inf"], "tf = 'inf': must be a finite number"),
     (["--colour", "red"], "unknown option 'colour' for parareal"),
     (["--intervals", "ten"], "intervals = 'ten': expected int"),
+    (["--stop", "jump"], "stop = 'jump' is not allowed; choose one of: residual, update"),
+    (["--norm", "l1"], "norm = 'l1' is not allowed; choose one of: max, l2"),
 ])
 def test_bad_input_fails_on_every_rank(tmp_path, args, message):
     result = _expect_failure(2, args, message, tmp_path)
@@ -217,3 +273,14 @@ def test_bench_writes_hdf5_and_table(tmp_path):
     table = (tmp_path / "bench.md").read_text().splitlines()
     assert table[0].startswith("| problem | ranks | N | K |") and len(table) == 4
     assert table[2].startswith("| brusselator | 2 | 4 |")
+
+
+@pytest.mark.parametrize("norm", ["l2", "max"])
+def test_relative_measure_divides_by_the_iterate(tmp_path, norm):
+    opts = dict(problem="brusselator", intervals=8, coarse_steps=20, fine_steps=100, tol=0, k_max=3, norm=norm)
+    absolute = run_parareal(tmp_path, 2, name="abs", **opts)
+    relative = run_parareal(tmp_path, 2, name="rel", **opts, relative="true")
+    np.testing.assert_array_equal(relative["boundaries"], absolute["boundaries"])
+    U = absolute["boundaries"]
+    size = np.linalg.norm(np.linalg.norm(U, axis=1)) if norm == "l2" else np.max(np.abs(U))
+    np.testing.assert_allclose(relative["residual"][-1], absolute["residual"][-1] / size, rtol=1e-12)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..config import RunConfig, option
 
 BENCHES = {
-    "parareal": "paraflow_hpc.bench.parareal",
+    "parareal": "paraflow_hpc.bench.parareal", "mgrit": "paraflow_hpc.bench.mgrit",
     "paraflows": "paraflow_hpc.bench.paraflows",
     "pan": "paraflow_hpc.bench.pan",
     "paso": "paraflow_hpc.bench.paso",

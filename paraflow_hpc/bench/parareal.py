@@ -2,16 +2,16 @@
 
 For each problem: the serial fine solution (the chain of N fine solves, which is
 exactly what one process would do) and Parareal are timed back to back. Besides the
-measured speed-up, the table gives the speed-up the pipelined schedule would reach
-with free communication, from the measured per-call costs tau_F, tau_G and the
-iteration count K (m = subintervals per rank):
+measured speed-up, the table gives the speed-up the schedule would reach with free
+communication, from the measured per-call costs tau_F, tau_G, the K + 1 coarse sweeps
+and the fine calls of the busiest rank (``algorithms.parareal.model_seconds``):
 
-    T_model = N tau_G + K m (tau_F + tau_G),      S_model = N tau_F / T_model,
+    T_model = (K + 1) N tau_G + fine_calls_max tau_F,      S_model = N tau_F / T_model,
 
-and their ratio S / S_model, the efficiency of the implementation. Parareal's
-speed-up is bounded by about P / K, so on 2 ranks it cannot exceed 1 once K >= 2:
-the interesting numbers there are K and the efficiency; speed-ups need more ranks
-(jobs/parareal_scaling.sbatch).
+and their ratio S / S_model, the efficiency of the implementation. With the residual
+rule the speed-up is bounded by about P / (K + 1), so on 2 ranks it cannot exceed 1
+once K >= 1: the interesting numbers there are K and the efficiency; speed-ups need
+more ranks (jobs/parareal_scaling.sbatch).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
-from ..algorithms.parareal import parareal, serial_fine, subinterval_bounds
+from ..algorithms.parareal import STOP_RULES, StoppingRule, model_seconds, parareal, serial_fine, subinterval_bounds
 from ..comm import Progress, Timers
 from ..config import option, require
 from ..io.results import write_result
@@ -42,7 +42,8 @@ class Config(BenchConfig):
     method = "bench-parareal"
     problems: list[str] = field(default_factory=lambda: list(CASES),
                                 metadata={"help": "problems to run", "choices": None})
-    tol: float = option(1e-8, "Parareal tolerance on the max-norm update")
+    tol: float = option(1e-8, "Parareal tolerance (absolute, l2 over boundaries)")
+    stop: str = option("residual", "stopping rule: the residual or the update", choices=list(STOP_RULES))
     scale: float = option(1.0, "multiply the subinterval count N by this (whole multiples of the ranks)")
 
     def validate(self, comm_size: int) -> None:
@@ -56,7 +57,7 @@ class Config(BenchConfig):
         return os.path.join("results", "bench-parareal.h5")
 
 
-def run_case(comm, name: str, case: dict, tol: float, scale: float) -> dict:
+def run_case(comm, name: str, case: dict, tol: float, scale: float, stop: str = "residual") -> dict:
     problem = ODE_PROBLEMS[name]()
     n = max(comm.size, int(round(case["intervals"] * scale)))
     times = subinterval_bounds(problem.t0, problem.tf, n)
@@ -72,7 +73,8 @@ def run_case(comm, name: str, case: dict, tol: float, scale: float) -> dict:
 
     comm.Barrier()
     wall = Timers()
-    result = parareal(comm, coarse, fine, y0, times, tol=tol, k_max=n, reference=reference)
+    result = parareal(comm, coarse, fine, y0, times, stopping=StoppingRule(tol, stop), k_max=n,
+                      reference=reference)
     comm.Barrier()
     parareal_seconds = comm.allreduce(wall.elapsed(), op=MPI.MAX)
 
@@ -81,11 +83,10 @@ def run_case(comm, name: str, case: dict, tol: float, scale: float) -> dict:
     coarse_seconds = comm.allreduce(result.timings.get("coarse", 0.0), op=MPI.SUM)
     coarse_calls = comm.allreduce(result.coarse_calls, op=MPI.SUM)
     tau_f, tau_g = fine_seconds / fine_calls, coarse_seconds / coarse_calls
-    per_rank = -(-n // comm.size)
     k = result.iterations
-    model_seconds = n * tau_g + k * per_rank * (tau_f + tau_g)
+    critical = max(comm.allgather(result.fine_calls))
     speedup = serial_seconds / parareal_seconds
-    model_speedup = n * tau_f / model_seconds
+    model_speedup = n * tau_f / model_seconds(n, tau_f, tau_g, k + 1, critical)
     return {
         "problem": name, "ranks": comm.size, "intervals": n, "iterations": k,
         "final_error": result.errors[-1], "serial_seconds": serial_seconds,
@@ -109,7 +110,7 @@ def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
     rows = []
     for name in cfg.problems:
-        row = run_case(comm, name, CASES[name], cfg.tol, cfg.scale)
+        row = run_case(comm, name, CASES[name], cfg.tol, cfg.scale, cfg.stop)
         progress(f"{name}: K = {row['iterations']}, speed-up {row['speedup']:.2f} "
                  f"(model {row['model_speedup']:.2f}, efficiency {row['efficiency']:.2f})")
         rows.append(row)

@@ -7,7 +7,8 @@ from typing import Optional
 import numpy as np
 from mpi4py import MPI
 
-from ..algorithms.parareal import PararealState, parareal, serial_fine, subinterval_bounds
+from ..algorithms.parareal import (NORMS, STOP_RULES, PararealState, StoppingRule, model_seconds, parareal,
+                                   serial_fine, subinterval_bounds)
 from ..comm import NonFiniteError, Progress, Timers, block_partition
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
@@ -29,7 +30,14 @@ class Config(RunConfig):
     fine_steps: int = option(80, "steps of F per subinterval (euler/rk4)")
     fine_rtol: float = option(1e-10, "relative tolerance of F (rk45/dop853)")
     fine_atol: float = option(1e-12, "absolute tolerance of F (rk45/dop853)")
-    tol: float = option(1e-8, "stop when the max-norm update of all boundaries is <= tol")
+    tol: float = option(1e-8, "stop when the stopping measure (see stop, norm, relative) is <= tol")
+    stop: str = option("residual", "stop on the residual F(U_n) - U_{n+1} of the iterate, or on the update "
+                       "U^k - U^{k-1} (one iteration later)", choices=list(STOP_RULES))
+    norm: str = option("l2", "norm of the stopping measure over boundaries: l2 (of per-point 2-norms) or max",
+                       choices=list(NORMS))
+    relative: bool = option(False, "divide the stopping measure by the same norm of the iterate")
+    pipelined: bool = option(False, "overlap each iteration's decision with the next iteration's work (pays "
+                             "on many ranks, roughly when K (P - 1) tau_G > tau_F; that work is lost once)")
     k_max: int = option(0, "iteration limit (0: N, where Parareal is exact)")
     reference: bool = option(True, "compute the serial fine solution to record the error per iteration")
 
@@ -56,14 +64,14 @@ class Config(RunConfig):
     def identity(self) -> dict:
         """The options that define the solution: a checkpoint must match them to be resumed."""
         keys = ("problem", "t0", "tf", "intervals", "coarse", "coarse_steps", "fine", "fine_steps",
-                "fine_rtol", "fine_atol", "tol", "k_max", "reference")
+                "fine_rtol", "fine_atol", "tol", "stop", "norm", "relative", "k_max", "reference")
         return {key: getattr(self, key) for key in keys}
 
     def checkpoint_spec(self, rank, nranks: int) -> dict:
         """The arrays a checkpoint of this run holds: rank ``rank``'s block (m subintervals) of
         values of the problem's shape d, or the shared histories (``rank == "root"``)."""
         if rank == "root":
-            return {"jumps": ((None,), "f"), "errors": ((None,), "f")}
+            return {"jumps": ((None,), "f"), "errors": ((None,), "f"), "residuals": ((None,), "f")}
         a, b = block_partition(self.intervals, nranks, rank)
         if self.problem not in ODE_PROBLEMS:   # a problem defined elsewhere: names and dtypes only
             return {"boundaries": (None, "fc"), "coarse_old": (None, "fc"), "fine": (None, "fc")}
@@ -103,7 +111,7 @@ def main(cfg: Config, comm) -> int:
     if cfg.restart:
         meta, arrays, root = hook.load(cfg.restart)
         resume = PararealState(int(meta["iteration"]), arrays["boundaries"], arrays["coarse_old"],
-                               arrays["fine"], list(root["jumps"]), list(root["errors"]))
+                               arrays["fine"], list(root["jumps"]), list(root["errors"]), list(root["residuals"]))
         done = arrays["counters"].astype(float)
         progress(f"restarting from {cfg.restart} after iteration {resume.k}")
 
@@ -121,16 +129,19 @@ def main(cfg: Config, comm) -> int:
     def after_iteration(state: PararealState) -> bool:
         return hook(state.k, lambda: {"boundaries": state.boundaries, "coarse_old": state.coarse_old,
                                       "fine": state.fine, "counters": so_far()},
-                    lambda: {"jumps": np.array(state.jumps), "errors": np.array(state.errors)})
+                    lambda: {"jumps": np.array(state.jumps), "errors": np.array(state.errors),
+                             "residuals": np.array(state.residuals)})
 
     problem.nfev = 0
     comm.Barrier()
     run_timers = Timers()
     try:
-        result = parareal(comm, counted(coarse, "coarse"), counted(fine, "fine"), y0, times, tol=cfg.tol,
-                          k_max=cfg.k_max or cfg.intervals, reference=reference, resume=resume,
-                          after_iteration=after_iteration, progress=progress)
-    except FloatingPointError as err:   # raised on every rank alike, from the reduced update norm
+        stopping = StoppingRule(cfg.tol, cfg.stop, cfg.norm, cfg.relative)
+        result = parareal(comm, counted(coarse, "coarse"), counted(fine, "fine"), y0, times, stopping=stopping, pipelined=cfg.pipelined,
+                          k_max=cfg.k_max or cfg.intervals,
+                          reference=reference, resume=resume, after_iteration=after_iteration,
+                          progress=progress)
+    except FloatingPointError as err:   # raised on every rank alike, from the reduced norms
         raise NonFiniteError(str(err)) from None
     comm.Barrier()
     total = so_far()
@@ -139,23 +150,38 @@ def main(cfg: Config, comm) -> int:
         progress(f"stopped after iteration {result.iterations}; resume with --restart {cfg.checkpoint}")
         return EXIT_PREEMPTED
 
+    # the schedule's bound with free communication, from this run's per-call costs (algorithms.parareal)
+    timings = result.timings
+    fine_calls = comm.allgather(result.fine_calls)
+    tau_f = comm.allreduce(timings.get("fine", 0.0)) / max(1, sum(fine_calls))
+    tau_g = comm.allreduce(timings.get("coarse", 0.0)) / max(1, comm.allreduce(result.coarse_calls))
+    bound = cfg.intervals * tau_f / model_seconds(cfg.intervals, tau_f, tau_g, result.iterations + 1, max(fine_calls),
+                                                cfg.pipelined)
+    speedup = serial_seconds / parareal_seconds
     counters = {"fine_calls": int(total[0]), "coarse_calls": int(total[1]), "rhs_evaluations": int(total[2])}
     write_result(
         comm, cfg.output, method="parareal", config=cfg.as_dict(),
         # indexed by iteration k = 0..K; the update is undefined at k = 0
-        history={"update_norm": np.array([np.nan] + result.jumps), "error": np.array(result.errors, dtype=float)},
+        history={"update_norm": np.array([np.nan] + result.jumps), "error": np.array(result.errors, dtype=float),
+                 "residual_norm": np.array(result.residuals if result.residuals else
+                                           [np.nan] * (result.iterations + 1), dtype=float)},
         timings=result.timings, counters=counters,
         solution={"boundaries": result.boundaries},
         data={"times": times, "y0": y0},
         attrs={"iterations": result.iterations, "converged": result.converged,
                "serial_fine_seconds": serial_seconds, "parareal_seconds": parareal_seconds,
-               "speedup": serial_seconds / parareal_seconds, "restarted_from": cfg.restart,
-               "timings_cover": "timings/: this segment of the run only (since its start or restart); "
-                                "counters, parareal_seconds and speedup: all segments together"})
+               "speedup": speedup, "model_speedup": bound, "efficiency": speedup / bound,
+               "restarted_from": cfg.restart,
+               "timings_cover": "timings/ and model_speedup: this segment of the run only (since its start "
+                                "or restart); counters, parareal_seconds and speedup: all segments together"})
     final = comm.bcast(result.boundaries[-1] if comm.rank == comm.size - 1 else None, root=comm.size - 1)
     progress(f"done: {result.iterations} iterations, converged = {result.converged}, "
              f"final error vs serial fine = {result.errors[-1] if result.errors else float('nan'):.3e}, "
              f"time {parareal_seconds:.3f} s (serial fine {serial_seconds:.3f} s)")
+    if cfg.reference and not cfg.restart:
+        progress(f"speed-up {speedup:.2f} vs the schedule's bound {bound:.2f} on {comm.size} ranks "
+                 f"(about P/(fine sweeps) = {comm.size}/{max(fine_calls) / -(-cfg.intervals // comm.size):.0f}, "
+                 f"from tau_F/tau_G = {tau_f / tau_g:.0f}): efficiency {speedup / bound:.2f}")
     progress(f"y({tf}) = {np.array2string(final, precision=8)}; result written to {cfg.output}")
     return 0
 
