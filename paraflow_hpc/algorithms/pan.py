@@ -219,7 +219,7 @@ def probe(comm, rhs, t0: float, y0: np.ndarray) -> np.ndarray:
     failed = [(r, e) for r, e in enumerate(errors) if e is not None]
     if failed:
         rank, message = failed[0]
-        raise error if error is not None and rank == comm.rank else PANError(f"on rank {rank}: {message}")
+        raise PANError(f"on rank {rank}: {message}" if comm.size > 1 else message)
     return out
 
 
