@@ -134,11 +134,14 @@ def collocation(n_coeffs: int, n_points: int) -> Collocation:
 
 
 def check_shape(out, shape) -> np.ndarray:
+    """``out`` as a float64 numpy array of the given shape (a torch tensor without a copy)."""
     if not hasattr(out, "shape") or tuple(out.shape) != tuple(shape):
         got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
         raise PANError(f"f returned {got} for {shape[0]} points of dimension {shape[1]}: a batched "
                        f"f(t, Y) must return an array of Y's shape {tuple(shape)}")
-    return out
+    if hasattr(out, "detach"):  # torch: .numpy() is a view, np.asarray goes through __array__ (slow)
+        out = out.detach().numpy()
+    return out if out.dtype == np.float64 else np.asarray(out, dtype=np.float64)
 
 
 class Evaluator:
@@ -181,7 +184,7 @@ class Evaluator:
         with self.timers("f"), collective(self.comm, "an evaluation of f"):
             with self.torch.no_grad():
                 out = self.rhs.f(tl, Yl)
-            local = np.asarray(check_shape(out, Yl.shape), dtype=float)
+            local = check_shape(out, Yl.shape)
         self.counts["batches"] += 1
         self.counts["points"] += self.n_points
         return self._gather(local, self.dim)
@@ -190,8 +193,8 @@ class Evaluator:
         tl, Yl = self._local(t, Y)
         with self.timers("f"), collective(self.comm, "an evaluation of f and its Jacobian"):
             value, jac = self.rhs.f_and_jacobian(tl, Yl)
-            value = np.asarray(check_shape(value, Yl.shape).detach(), dtype=float)
-            jac = np.asarray(check_shape(jac, (Yl.shape[0], self.dim, self.dim)).detach(), dtype=float)
+            value = check_shape(value, Yl.shape)
+            jac = check_shape(jac, (Yl.shape[0], self.dim, self.dim))
         self.counts["batches"] += 1
         self.counts["points"] += self.n_points
         self.counts["jacobians"] += self.n_points
@@ -209,7 +212,7 @@ def probe(comm, rhs, t0: float, y0: np.ndarray) -> np.ndarray:
     try:
         with torch.no_grad():
             out = rhs.f(torch.tensor([t0], dtype=torch.float64), torch.from_numpy(y0[None].copy()))
-        out = np.asarray(check_shape(out, (1, y0.shape[0])), dtype=float)[0]
+        out = check_shape(out, (1, y0.shape[0]))[0].copy()
         if not np.all(np.isfinite(out)):
             raise PANError(f"f(t0, y0) is not finite at t0 = {t0:g}: {out}")
     except Exception as exc:  # noqa: BLE001 - any failure of the user's f is reported on every rank
