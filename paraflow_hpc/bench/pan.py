@@ -215,7 +215,8 @@ def main(cfg: Config, comm) -> int:
             r = rows[-1]
             progress(f"{name} tol {tol:g} PAN({cfg.n_coeffs}): dense error {r['error']:.2e}, depth {r['depth']}, "
                      f"{r['seconds']:.3f} s on {comm.size} ranks, {r['seconds_1']:.3f} s on 1")
-        rows.sort(key=lambda r: (r["method"], -r["tol"]))
+        order = {m: i for i, m in enumerate(SCIPY_METHODS)}
+        rows.sort(key=lambda r: (order.get(r["method"], len(order)), -r["tol"]))
         all_rows[name] = rows
         tables.append(markdown(name, rows, comm.size))
     text = (f"PAN benchmark on {comm.size} MPI ranks (scipy on one, rtol = atol = tol). Dense error: max over "
