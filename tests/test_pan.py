@@ -24,9 +24,9 @@ SELF = MPI.COMM_SELF
 
 def solve(problem, t0, t1, n_coeffs, tol=1e-10, newton_tol=0.1, options=""):
     """One subinterval from the problem's y0 (a fresh SNES, so options apply)."""
-    from paraflow_hpc.algorithms.pan import insert_petsc_options
+    from paraflow_hpc.algorithms.pan import insert_petsc_options, remove_petsc_options
 
-    insert_petsc_options(SELF, options)
+    names = insert_petsc_options(SELF, options)
     col, timers = collocation(n_coeffs, n_coeffs), Timers()
     ev = Evaluator(SELF, problem, problem.dim, n_coeffs, timers)
     newton = GaussNewton(SELF, col, ev, newton_tol=newton_tol, max_it=20, timers=timers)
@@ -37,10 +37,7 @@ def solve(problem, t0, t1, n_coeffs, tol=1e-10, newton_tol=0.1, options=""):
         return out, newton.predicted_step(), newton.types
     finally:
         newton.destroy()
-        from petsc4py import PETSc
-        for tok in options.split():
-            if tok.startswith("-"):
-                PETSc.Options().delValue(tok[1:])
+        remove_petsc_options(SELF, names)
 
 
 def dense_error(result, problem, t0, tf, n=1001):
@@ -364,3 +361,17 @@ def test_restart_is_bit_identical(tmp_path):
     assert np.array_equal(a["dense_y"], b["dense_y"])
     assert a["attrs"]["depth"] == b["attrs"]["depth"] and a["attrs"]["nfev"] == b["attrs"]["nfev"]
     assert b["attrs"]["restarted_from"].endswith("full.ckpt.h5")
+
+
+def test_petsc_options_apply_to_one_call_and_unused_ones_are_reported():
+    problem = Spiral()
+    result = pan_ivp(problem, (0.0, 2.0), problem.y0, rtol=1e-8, atol=1e-8,
+                     petsc_options="-snes_linesearch_type basic -snes_linesearh_type cp")
+    assert result.success and result.solver_types["linesearch_type"] == "basic"
+    assert result.options_left == ["-snes_linesearh_type cp"]
+    again = pan_ivp(problem, (0.0, 2.0), problem.y0, rtol=1e-8, atol=1e-8)
+    assert again.solver_types["linesearch_type"] == "bt" and again.options_left == []
+    with pytest.raises(PANError, match="PETSc rejected the options '-snes_max_it many'"):
+        pan_ivp(problem, (0.0, 2.0), problem.y0, petsc_options="-snes_max_it many")
+    with pytest.raises(PANError, match="PETSc takes '-snes_max_it 1'"):
+        pan_ivp(problem, (0.0, 2.0), problem.y0, petsc_options="-snes_max_it=1")

@@ -397,11 +397,26 @@ def parse_petsc_options(options: str) -> list[str]:
     return tokens
 
 
-def insert_petsc_options(comm, options: str) -> None:
-    """Put the user's options into PETSc's database (they stay for the run, as on PETSc's command line)."""
+def insert_petsc_options(comm, options: str) -> list[str]:
+    """Put the user's options into PETSc's database for one run; returns their names (to remove)."""
     tokens = parse_petsc_options(options)
     if tokens:
         petsc(comm).Options().insertString(" ".join(shlex.quote(t) for t in tokens))
+    return [tok[1:] for tok in tokens if tok.startswith("-") and not _is_number(tok)]
+
+
+def remove_petsc_options(comm, names: list[str]) -> None:
+    options = petsc(comm).Options()
+    for name in names:
+        options.delValue(name)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+        return True
+    except ValueError:
+        return False
 
 
 def unused_petsc_options(comm) -> list[str]:

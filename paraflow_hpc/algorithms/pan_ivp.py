@@ -25,7 +25,7 @@ from numpy.polynomial import chebyshev as cheb
 
 from ..comm import Timers
 from .pan import (Evaluator, GaussNewton, PANError, collocation, insert_petsc_options, pan_interval, petsc,
-                  probe)
+                  probe, remove_petsc_options, unused_petsc_options)
 
 EPS = np.finfo(float).eps
 SAFETY = 0.9
@@ -102,6 +102,7 @@ class PANIVPResult:
     solution: PANSolution
     timings: dict
     solver_types: dict
+    options_left: list         # PETSc options in the database that no PETSc object used
     t_events: None = None
     y_events: None = None
 
@@ -212,7 +213,8 @@ def pan_ivp(fun, t_span, y0, *, rtol=1e-3, atol=1e-6, first_step: float | None =
     subinterval. picard_tol, newton_tol: the solves' stopping thresholds in units of that
     tolerance; picard_max_it, newton_max_it: their iteration limits per subinterval.
     petsc_options: PETSc options for the Gauss–Newton SNES (``-snes_linesearch_type basic`` …),
-    in the options database for the run. ``comm``: the communicator the points are spread over
+    in the options database for this call; those no PETSc object used are in ``options_left``
+    (PETSc's ``-options_left``). ``comm``: the communicator the points are spread over
     (default COMM_SELF). ``after_step(state)`` after each accepted step but the last; True
     stops there (status 1). Raises PANError for bad input or a right-hand side that fails at
     (t0, y0); every later failure is a result with ``success = False``.
@@ -236,10 +238,11 @@ def pan_ivp(fun, t_span, y0, *, rtol=1e-3, atol=1e-6, first_step: float | None =
         state = resume
     with timers("setup"):
         PETSc = petsc(comm)
+        names = insert_petsc_options(comm, petsc_options)
         try:
-            insert_petsc_options(comm, petsc_options)
             newton = GaussNewton(comm, col, ev, newton_tol=newton_tol, max_it=newton_max_it, timers=timers)
         except PETSc.Error as err:
+            remove_petsc_options(comm, names)
             raise PANError(f"PETSc rejected the options {petsc_options!r} (error {err.ierr}): check each "
                            "value's type, e.g. -snes_max_it takes an integer") from None
     newton.monitor = monitor
@@ -301,6 +304,8 @@ def pan_ivp(fun, t_span, y0, *, rtol=1e-3, atol=1e-6, first_step: float | None =
     finally:
         solver_types = newton.types
         newton.destroy()
+        options_left = unused_petsc_options(comm)  # PETSc's -options_left, before ours leave the database
+        remove_petsc_options(comm, names)
     solution = PANSolution(np.array(state.ts), np.array(state.coefficients).reshape(
         len(state.coefficients), n_coeffs, y0.size))
     if t_eval is None:
@@ -310,4 +315,5 @@ def pan_ivp(fun, t_span, y0, *, rtol=1e-3, atol=1e-6, first_step: float | None =
         y_out = solution(t_out) if len(state.coefficients) else np.empty((y0.size, 0))
     return PANIVPResult(t_out, y_out, solution if dense_output else None, status, message, status == 0,
                         counts["points"], counts["jacobians"], counts["newton_iterations"], counts["batches"],
-                        len(state.ts) - 1, counts["rejected"], state, solution, timers.as_dict(), solver_types)
+                        len(state.ts) - 1, counts["rejected"], state, solution, timers.as_dict(), solver_types,
+                        options_left)

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 from mpi4py import MPI
 
-from ..algorithms.pan import PANError, parse_petsc_options, unused_petsc_options
+from ..algorithms.pan import PANError, parse_petsc_options
 from ..algorithms.pan_ivp import StepperState, pan_ivp, validate
 from ..comm import Progress, Timers, block_partition
 from ..config import RunConfig, option, require
@@ -145,7 +145,7 @@ def main(cfg: Config, comm) -> int:
         fail(comm, str(err))
         return EXIT_BAD_INPUT
     pan_seconds = comm.allreduce(run_timers.elapsed(), op=MPI.MAX)
-    for left in unused_petsc_options(comm) if comm.rank == 0 else []:
+    for left in result.options_left if comm.rank == 0 else []:
         print(f"warning: PETSc option {left} was not used by any PETSc object (misspelt, or not one of "
               "SNES/KSP/PC's?)", file=sys.stderr, flush=True)
     if result.status == 1:
