@@ -197,9 +197,9 @@ def initial_step(t0: float, tf: float, y0, f0, rtol, atol, max_step: float) -> f
 
 
 def pan_ivp(fun, t_span, y0, *, rtol=1e-3, atol=1e-6, first_step: float | None = None,
-            max_step: float = np.inf, t_eval=None, dense_output: bool = False, n_coeffs: int = 16,
+            max_step: float = np.inf, t_eval=None, dense_output: bool = False, n_coeffs: int = 32,
             n_points: int | None = None, comm=None, petsc_options: str = "", picard_tol: float = 1.0,
-            picard_max_it: int = 50, newton_tol: float = 0.1, newton_max_it: int = 10,
+            picard_max_it: int = 50, newton_tol: float = 0.1, newton_max_it: int = 10, jacobian: str = "autograd",
             resume: StepperState | None = None, after_step: Callable[[StepperState], bool] | None = None,
             progress: Callable[[str], None] | None = None, monitor=None) -> PANIVPResult:
     """Solve y' = f(t, y), y(t0) = y0 on t_span with PAN under error control (collective on ``comm``).
@@ -211,7 +211,9 @@ def pan_ivp(fun, t_span, y0, *, rtol=1e-3, atol=1e-6, first_step: float | None =
     scipy.integrate.solve_ivp; accepted subintervals meet max_j err_j / (atol_j + rtol_j
     max|ŷ_j|) <= 1 (``pan.estimate``). n_coeffs N (>= 3) and n_points M (>= N, default N) per
     subinterval. picard_tol, newton_tol: the solves' stopping thresholds in units of that
-    tolerance; picard_max_it, newton_max_it: their iteration limits per subinterval.
+    tolerance; picard_max_it, newton_max_it: their iteration limits per subinterval. jacobian:
+    "autograd" (exact, one forward and L backward passes) or "fd" (forward differences, f on
+    M (L + 1) points in the same batch: cheaper for small L; the extra points count in nfev).
     petsc_options: PETSc options for the Gauss–Newton SNES (``-snes_linesearch_type basic`` …),
     in the options database for this call; those no PETSc object used are in ``options_left``
     (PETSc's ``-options_left``). ``comm``: the communicator the points are spread over
@@ -226,7 +228,7 @@ def pan_ivp(fun, t_span, y0, *, rtol=1e-3, atol=1e-6, first_step: float | None =
     rhs = fun if hasattr(fun, "f_and_jacobian") else _Callable(fun)
     timers = Timers()
     col = collocation(n_coeffs, n_points)
-    ev = Evaluator(comm, rhs, y0.size, n_points, timers)
+    ev = Evaluator(comm, rhs, y0.size, n_points, timers, jacobian)
     if resume is None:
         f0 = probe(comm, rhs, t0, y0)
         h = first_step if first_step is not None else initial_step(t0, tf, y0, f0, rtol, atol, max_step)

@@ -48,6 +48,8 @@ class Config(RunConfig):
     picard_max_it: int = option(50, "Phase 1 iteration limit per subinterval")
     newton_max_it: int = option(10, "Phase 2 Gauss-Newton iteration limit per subinterval (-snes_max_it); "
                                     "a solve that does not converge is a rejected step")
+    jacobian: str = option("autograd", "Jacobian of f for Gauss-Newton: autograd (exact) or fd (forward "
+                                       "differences in the same batch)", choices=["autograd", "fd"])
     petsc: str = option("", "PETSc options for SNES/KSP/PC, one quoted string, e.g. "
                             "\"-snes_monitor -snes_linesearch_type basic\"")
     dense_points: int = option(1001, "points of the dense grid on which the solution is stored and the "
@@ -79,7 +81,7 @@ class Config(RunConfig):
     def identity(self) -> dict:
         """The options that define the solution: a checkpoint must match them to be resumed."""
         keys = ("problem", "rtol", "atol", "first_step", "max_step", "n_coeffs", "picard_tol", "newton_tol",
-                "picard_max_it", "newton_max_it", "petsc")
+                "picard_max_it", "newton_max_it", "jacobian", "petsc")
         return {**{key: getattr(self, key) for key in keys}, **self.resolved()}
 
 
@@ -139,8 +141,8 @@ def main(cfg: Config, comm) -> int:
                          first_step=cfg.first_step, max_step=cfg.max_step, n_coeffs=cfg.n_coeffs,
                          n_points=r["n_points"], comm=comm, petsc_options=cfg.petsc, picard_tol=cfg.picard_tol,
                          newton_tol=cfg.newton_tol, picard_max_it=cfg.picard_max_it,
-                         newton_max_it=cfg.newton_max_it, resume=resume, after_step=after_step,
-                         progress=progress)
+                         newton_max_it=cfg.newton_max_it, jacobian=cfg.jacobian, resume=resume,
+                         after_step=after_step, progress=progress)
     except PANError as err:
         fail(comm, str(err))
         return EXIT_BAD_INPUT
