@@ -178,9 +178,11 @@ class Evaluator:
         return out
 
     def _local(self, t: np.ndarray, Y: np.ndarray):
+        """This rank's rows as torch tensors (the times converted once per subinterval)."""
         torch = self.torch
-        return torch.from_numpy(np.ascontiguousarray(t[self.a:self.b])), \
-            torch.from_numpy(np.ascontiguousarray(Y[self.a:self.b]))
+        if t is not getattr(self, "_t", None):
+            self._t, self._t_local = t, torch.from_numpy(np.ascontiguousarray(t[self.a:self.b]))
+        return self._t_local, torch.from_numpy(np.ascontiguousarray(Y[self.a:self.b]))
 
     def f(self, t: np.ndarray, Y: np.ndarray) -> np.ndarray:
         """f at all M nodes (every rank gets all of them); t (M,), Y (M, L)."""

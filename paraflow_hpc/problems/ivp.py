@@ -208,7 +208,7 @@ class Brusselator(IVP):
 class NeuralODE(IVP):
     """dy/dt = W_out tanh(… tanh(W_1 y + b_1) …) + b_out: a seeded MLP as the vector field (PAN as
     the forward solver of a neural ODE). ``neural``: 2-16-2; ``neural-big``: 8-320-320-8,
-    108,808 parameters, where one batched evaluation is expensive enough to spread over ranks."""
+    108,168 parameters, where one batched evaluation is expensive enough to spread over ranks."""
 
     name = "neural"
     tf = 5.0
