@@ -17,7 +17,7 @@ from mpi4py import MPI
 
 from ..algorithms.pan import PANError, parse_petsc_options
 from ..algorithms.pan_ivp import StepperState, pan_ivp, validate
-from ..comm import Progress, Timers, block_partition
+from ..comm import NonFiniteError, Progress, Timers, block_partition
 from ..config import RunConfig, option, require
 from ..io.results import write_result
 from ..problems.ivp import IVP_PROBLEMS
@@ -25,7 +25,7 @@ from .common import EXIT_PREEMPTED, CheckpointHook
 
 EXIT_FAILED = 1     # no step size below the spacing of numbers was accepted: the message says why
 EXIT_BAD_INPUT = 2  # as the CLI's: f fails or has the wrong shape at (t0, y0)
-EXIT_DIVERGED = 4   # the solution became non-finite (the step is named)
+# A non-finite solution raises NonFiniteError: the CLI names the step and exits with 4.
 HISTORY = ("picard", "newton", "error_norm", "h")
 COUNTS = ("batches", "points", "jacobians", "rejected", "failed_solves", "newton_iterations")
 
@@ -77,6 +77,15 @@ class Config(RunConfig):
         return {"t0": problem.t0 if self.t0 is None else self.t0,
                 "tf": problem.tf if self.tf is None else self.tf,
                 "n_points": self.n_points or self.n_coeffs}
+
+    def checkpoint_spec(self, rank, nranks: int) -> dict:
+        """The arrays a checkpoint of this run holds: all in /root (the stepping is replicated)."""
+        if rank != "root":
+            return {}
+        L, N = IVP_PROBLEMS[self.problem]().y0.size, self.n_coeffs
+        return {"t": ((2,), "f"), "y": ((L,), "f"), "f": ((L,), "f"), "ts": ((None,), "f"),
+                "coefficients": ((None, N, L), "f"), "counts": ((len(COUNTS),), "i"),
+                **{f"history_{k}": ((None,), "f") for k in HISTORY}}
 
     def identity(self) -> dict:
         """The options that define the solution: a checkpoint must match them to be resumed."""
@@ -153,9 +162,11 @@ def main(cfg: Config, comm) -> int:
     if result.status == 1:
         progress(f"stopped after step {result.n_steps}; resume with --restart {cfg.checkpoint}")
         return EXIT_PREEMPTED
+    if result.status < 0 and "non-finite" in result.message:
+        raise NonFiniteError(f"PAN failed: {result.message}")  # agreed: the CLI reports it once, exit 4
     if result.status < 0:
         fail(comm, f"PAN failed: {result.message}")
-        return EXIT_DIVERGED if "non-finite" in result.message else EXIT_FAILED
+        return EXIT_FAILED
 
     state, sol = result.state, result.solution
     grid = np.linspace(r["t0"], r["tf"], cfg.dense_points)
