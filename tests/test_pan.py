@@ -391,3 +391,15 @@ def test_finite_difference_jacobians_give_the_same_solution_within_the_tolerance
     assert fd.nfev > exact.nfev  # the shifted points are counted
     with pytest.raises(PANError, match="jacobian = 'numeric'"):
         pan_ivp(problem, (0.0, 1.0), problem.y0, jacobian="numeric")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"tols": "0"}, "need 0 < tol < 1"), ({"n_coeffs": "2"}, "n_coeffs = 2: need an integer >= 3"),
+    ({"problems": "spiral,nope"}, "'nope' is unknown"), ({"petsc": "-snes_max_it=1"}, "PETSc takes"),
+    ({"tf": "-1"}, "tf = -1.0: need tf >= 0")])
+def test_bench_options_go_through_the_same_checks(overrides, message):
+    from paraflow_hpc.bench.pan import Config
+    from paraflow_hpc.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match=message):
+        build_config(Config, None, overrides, 1)

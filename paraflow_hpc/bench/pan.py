@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
-from ..algorithms.pan_ivp import pan_ivp
+from ..algorithms.pan import PANError, parse_petsc_options
+from ..algorithms.pan_ivp import pan_ivp, validate
 from ..comm import Progress, Timers
 from ..config import option, require
 from ..io.results import write_result
@@ -68,8 +69,15 @@ class Config(BenchConfig):
         for name in self.problems:
             require(name in IVP_PROBLEMS, f"problems: {name!r} is unknown; choose from {', '.join(IVP_PROBLEMS)}")
         require(self.tols and all(0 < t < 1 for t in self.tols), f"tols = {self.tols}: need 0 < tol < 1")
-        require(self.n_coeffs >= 3, f"n_coeffs = {self.n_coeffs}: need N >= 3")
         require(self.tf >= 0, f"tf = {self.tf}: need tf >= 0 (0: each problem's own)")
+        for name in self.problems:  # the checks of run pan and pan_ivp, for every problem and tolerance
+            problem = IVP_PROBLEMS[name]()
+            try:
+                validate((problem.t0, self.tf or problem.tf), problem.y0, min(self.tols), min(self.tols),
+                         self.n_coeffs, self.n_coeffs, None, np.inf, None, comm_size)
+                parse_petsc_options(self.petsc)
+            except PANError as err:
+                require(False, str(err))
 
     def default_output(self) -> str:
         return os.path.join("results", "bench-pan.h5")
