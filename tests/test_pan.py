@@ -236,8 +236,10 @@ def test_bad_right_hand_sides_give_clear_errors():
         pan_ivp(WrongShape(), (0.0, 1.0), [2.0, 1.0])
     with pytest.raises(PANError, match="f\\(t0, y0\\) is not finite"):
         pan_ivp(BlowsUp(), (0.6, 1.0), [2.0, 1.0])
-    with pytest.raises(TypeError, match="must compute in torch"):
+    with pytest.raises(PANError, match="or its Jacobian failed at t0 = 0: TypeError: .* must compute in torch"):
         pan_ivp(ReturnsNumpy(), (0.0, 1.0), [2.0, 1.0])
+    # with finite-difference Jacobians a numpy-returning f is fine
+    assert pan_ivp(ReturnsNumpy(), (0.0, 1.0), [2.0, 1.0], jacobian="fd").success
 
 
 def run_ranks(tmp_path, nranks, *args):
@@ -266,7 +268,7 @@ def test_an_exception_on_one_rank_at_the_first_evaluation_ends_every_rank(tmp_pa
     proc = run_script(2, "pan_ranks.py", tmp_path / "x.json", "fail-on-rank-1", 16, 1e-6, check=False,
                       timeout=120)
     assert proc.returncode != 0
-    assert "on rank 1: f(t0, y0) failed at t0 = 0: RuntimeError: injected on rank 1" in proc.stderr
+    assert "on rank 1: f(t0, y0) or its Jacobian failed at t0 = 0: RuntimeError: injected on rank 1" in proc.stderr
 
 
 @pytest.mark.mpi

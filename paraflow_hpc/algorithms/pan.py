@@ -227,21 +227,25 @@ class Evaluator:
         return out[0], jac
 
 
-def probe(comm, rhs, t0: float, y0: np.ndarray) -> np.ndarray:
-    """f(t0, y0) on every rank, before any collective work: a failing or ill-shaped f fails on
-    every rank alike with the lowest failing rank's message (no rank waits in a collective)."""
+def probe(comm, rhs, t0: float, y0: np.ndarray, jacobian: bool = True) -> np.ndarray:
+    """f(t0, y0) (and, with ``jacobian``, its Jacobian) on every rank, before any collective
+    work: a failing, ill-shaped or non-finite f fails on every rank alike with the lowest failing
+    rank's message (no rank waits in a collective). Not counted: it checks, it does not solve."""
     import torch
 
     error = None
+    t, y = torch.tensor([t0], dtype=torch.float64), torch.from_numpy(y0[None].copy())
     try:
         with torch.no_grad():
-            out = rhs.f(torch.tensor([t0], dtype=torch.float64), torch.from_numpy(y0[None].copy()))
+            out = rhs.f(t, y)
         out = check_shape(out, (1, y0.shape[0]))[0].copy()
         if not np.all(np.isfinite(out)):
             raise PANError(f"f(t0, y0) is not finite at t0 = {t0:g}: {out}")
+        if jacobian:
+            check_shape(rhs.f_and_jacobian(t, y)[1], (1, y0.shape[0], y0.shape[0]))
     except Exception as exc:  # noqa: BLE001 - any failure of the user's f is reported on every rank
         error = exc if isinstance(exc, PANError) else PANError(
-            f"f(t0, y0) failed at t0 = {t0:g}: {type(exc).__name__}: {exc}")
+            f"f(t0, y0) {'or its Jacobian ' if jacobian else ''}failed at t0 = {t0:g}: {type(exc).__name__}: {exc}")
     errors = comm.allgather(None if error is None else str(error))
     failed = [(r, e) for r, e in enumerate(errors) if e is not None]
     if failed:

@@ -230,7 +230,7 @@ def pan_ivp(fun, t_span, y0, *, rtol=1e-3, atol=1e-6, first_step: float | None =
     col = collocation(n_coeffs, n_points)
     ev = Evaluator(comm, rhs, y0.size, n_points, timers, jacobian)
     if resume is None:
-        f0 = probe(comm, rhs, t0, y0)
+        f0 = probe(comm, rhs, t0, y0, jacobian=jacobian == "autograd")
         h = first_step if first_step is not None else initial_step(t0, tf, y0, f0, rtol, atol, max_step)
         state = StepperState(t0, y0.copy(), f0, h, [t0], [],
                              {k: [] for k in ("picard", "newton", "error_norm", "h")},
