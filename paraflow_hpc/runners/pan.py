@@ -58,10 +58,9 @@ class Config(RunConfig):
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
-        problem = IVP_PROBLEMS[self.problem]
         r = self.resolved()
         try:
-            validate((r["t0"], r["tf"]), problem().y0, self.rtol, self.atol, self.n_coeffs, r["n_points"],
+            validate((r["t0"], r["tf"]), self.make_problem().y0, self.rtol, self.atol, self.n_coeffs, r["n_points"],
                      self.first_step, self.max_step, None, comm_size)
             parse_petsc_options(self.petsc)
         except PANError as err:
@@ -72,8 +71,12 @@ class Config(RunConfig):
             require(getattr(self, key) >= 1, f"{key} = {getattr(self, key)}: must be >= 1")
         require(self.dense_points >= 2, f"dense_points = {self.dense_points}: must be >= 2")
 
+    def make_problem(self):
+        """The problem instance (the one place a problem name is looked up)."""
+        return IVP_PROBLEMS[self.problem]()
+
     def resolved(self) -> dict:
-        problem = IVP_PROBLEMS[self.problem]
+        problem = self.make_problem()
         return {"t0": problem.t0 if self.t0 is None else self.t0,
                 "tf": problem.tf if self.tf is None else self.tf,
                 "n_points": self.n_points or self.n_coeffs}
@@ -82,7 +85,7 @@ class Config(RunConfig):
         """The arrays a checkpoint of this run holds: all in /root (the stepping is replicated)."""
         if rank != "root":
             return {}
-        L, N = IVP_PROBLEMS[self.problem]().y0.size, self.n_coeffs
+        L, N = self.make_problem().y0.size, self.n_coeffs
         return {"t": ((2,), "f"), "y": ((L,), "f"), "f": ((L,), "f"), "ts": ((None,), "f"),
                 "coefficients": ((None, N, L), "f"), "counts": ((len(COUNTS),), "i"),
                 **{f"history_{k}": ((None,), "f") for k in HISTORY}}
@@ -127,7 +130,7 @@ def fail(comm, message: str) -> None:
 
 def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
-    problem = IVP_PROBLEMS[cfg.problem]()
+    problem = cfg.make_problem()
     r = cfg.resolved()
     progress(f"PAN on {comm.size} ranks: {problem.name}, t in [{r['t0']}, {r['tf']}], rtol = {cfg.rtol:g}, "
              f"atol = {cfg.atol:g}, N = {cfg.n_coeffs}, M = {r['n_points']}"
