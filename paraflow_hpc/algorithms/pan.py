@@ -44,14 +44,16 @@ from mpi4py import MPI
 from numpy.polynomial import chebyshev as cheb
 
 from ..comm import Timers, block_partition, collective
+from ..config import ConfigError
 
 # Picard-type updates may grow like (Lip·h)^k / k! before they shrink; only far larger growth
 # means the fixed point diverges.
 PICARD_GROWTH = 1e8
 
 
-class PANError(ValueError):
-    """Bad input to PAN (sizes, interval, tolerances, a right-hand side of the wrong shape)."""
+class PANError(ConfigError):
+    """Bad input to PAN (sizes, interval, tolerances, PETSc options, a right-hand side that fails
+    or has the wrong shape): a ``ConfigError``, as every input check of the package (validation.py)."""
 
 
 def petsc(comm):
