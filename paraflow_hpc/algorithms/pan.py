@@ -7,7 +7,7 @@ the squared ODE residual at M Chebyshev–Gauss–Lobatto nodes t_m (ascending, 
     e(B) = Σ_m w_m ‖Bᵀφ̇(t_m) − f(t_m, Bᵀφ(t_m))‖²,   w_m Clenshaw–Curtis weights.
 
 Initial condition (§5.2.1): ŷ(t0) = y0 and ŷ'(t0) = f(t0, y0) fix rows 0 and 1 of B given the
-others, B = E C + G(y0, h f0) with C ∈ R^{(N-2)×L} free, so both hold exactly for every C.
+others, B = E C + G(y0, (h/2) f0) with C ∈ R^{(N-2)×L} free, so both hold exactly for every C.
 
 Phase 1 (eq. 37), the zero-order fixed point: freeze f at the current iterate and solve the
 weighted linear least-squares problem for the derivative, C_{k+1} = h/2 · K (F(C_k) − ŷ'_G),
@@ -286,13 +286,14 @@ def phase1(col: Collocation, ev: Evaluator, t: np.ndarray, y_off: np.ndarray, dy
 class GaussNewton:
     """Phase 2: SNES (COMM_SELF, on every rank alike) on AᵀR = 0, Jacobian AᵀA, objective ½‖R‖².
 
-    Built once per (N, M, L) and reused for every subinterval; :meth:`solve` sets the subinterval.
+    Built once per integration and reused for every subinterval: :meth:`start` sets the
+    subinterval, :meth:`solve` runs from a starting C (skipping SNES when that is already a
+    minimiser to the tolerance).
     The convergence test is the predicted Gauss–Newton step in units of the tolerance; PETSc's own
     ``-snes_atol`` / ``-snes_rtol`` are honoured beside it when set.
     """
 
-    def __init__(self, comm, col: Collocation, ev: Evaluator, *, newton_tol: float, max_it: int,
-                 options_set: bool = False, timers: Timers):
+    def __init__(self, comm, col: Collocation, ev: Evaluator, *, newton_tol: float, max_it: int, timers: Timers):
         PETSc = self.PETSc = petsc(comm)
         self.col, self.ev, self.timers = col, ev, timers
         self.newton_tol = newton_tol
