@@ -28,11 +28,11 @@ CONVERGENCE_SERIES = {
     "paraflow": ("loss", "fine_loss"),
     "paraflows": ("loss", "fine_loss"),
     "paso": ("delta", "batch_loss", "sequential_batch_loss"),
-    "pan": ("residual",),
+    "pan": ("error_norm", "h"),
     "layer-parallel": ("loss", "accuracy"),
 }
 # What the convergence panel's x axis counts, where it is not an iteration.
-X_AXIS = {"pan": "subinterval", "paraflow": "window", "paraflows": "window",
+X_AXIS = {"pan": "accepted step", "paraflow": "window", "paraflows": "window",
           "paso": "iteration (delta) / optimizer step (losses)"}
 PATH_OPTIONS = ("output", "checkpoint", "restart", "table", "quiet")
 

@@ -2,9 +2,11 @@
 
 ``f(t, Y)`` takes times ``t`` of shape (m,) and states ``Y`` of shape (m, L) and returns
 (m, L): one call evaluates the vector field at many points at once, which is where PAN's
-parallelism lies. Written in torch so that ``torch.func`` gives the Jacobian of f at all
-points in one batched call (:meth:`IVP.f_and_jacobian`). ``numpy_f`` is the single-point
-form scipy's solvers call. Every problem computes in float64.
+parallelism lies. Row m of the result depends on row m of the input only. Written in torch so
+that autograd gives the Jacobian of f at all points in one batched call
+(:meth:`IVP.f_and_jacobian`). ``numpy_f`` is the single-point form through torch; ``scipy_f``
+is the same field written in plain numpy, as a scipy user writes it (the fair baseline).
+Every problem computes in float64.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ class IVP:
     name = "ivp"
     t0 = 0.0
     tf = 1.0
-    subinterval = 0.0  # length of PAN's consecutive subintervals (0: one interval)
 
     def __init__(self):
         self.y0 = np.zeros(1)
@@ -31,19 +32,33 @@ class IVP:
         raise NotImplementedError
 
     def f_and_jacobian(self, t: torch.Tensor, Y: torch.Tensor):
-        """f at every point and ∂f/∂y there, shape (m, L) and (m, L, L), in one batched call."""
-        def single(ti, yi):
-            out = self.f(ti[None], yi[None])[0]
-            return out, out
-
-        jac, value = torch.func.vmap(torch.func.jacrev(single, argnums=1, has_aux=True))(t, Y)
-        return value, jac
+        """f at every point and ∂f/∂y there, shape (m, L) and (m, L, L): one batched forward pass
+        and L backward passes (rows are independent, so the gradient of column i's sum is row i
+        of every point's Jacobian)."""
+        return batched_jacobian(self.f, t, Y)
 
     def numpy_f(self, t: float, y: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return self.f(torch.tensor([t], dtype=DTYPE), torch.as_tensor(y, dtype=DTYPE)[None])[0].numpy()
 
+    def scipy_f(self, t: float, y: np.ndarray) -> np.ndarray:
+        """The same field in plain numpy for one point (what a scipy user writes)."""
+        raise NotImplementedError
+
     exact = None
+
+
+def batched_jacobian(f, t: torch.Tensor, Y: torch.Tensor):
+    """f(t, Y) (m, L) and its per-point Jacobians (m, L, L) for a row-wise batched torch f."""
+    with torch.enable_grad():
+        Y = Y.detach().requires_grad_(True)
+        out = f(t, Y)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"f returned {type(out).__name__}: PAN differentiates f with torch autograd, "
+                            "so f must compute in torch and return a torch.Tensor")
+        L = out.shape[1]
+        rows = [torch.autograd.grad(out[:, i].sum(), Y, retain_graph=i < L - 1)[0] for i in range(L)]
+    return out.detach(), torch.stack(rows, dim=1)
 
 
 class Spiral(IVP):
@@ -60,10 +75,14 @@ class Spiral(IVP):
 
     def __init__(self, matrix=((-0.4, 1.0), (-1.0, -0.4)), y0=(2.0, 1.0)):
         self.A = torch.tensor(matrix, dtype=DTYPE)
+        self.A_np = np.array(matrix, dtype=float)
         self.y0 = np.array(y0, dtype=float)
 
     def f(self, t, Y):
         return torch.tanh(Y @ self.A.T)
+
+    def scipy_f(self, t, y):
+        return np.tanh(self.A_np @ y)
 
 
 class Lorenz(IVP):
@@ -71,7 +90,6 @@ class Lorenz(IVP):
 
     name = "lorenz"
     tf = 15.0
-    subinterval = 0.3
 
     def __init__(self, sigma=10.0, rho=28.0, beta=8.0 / 3.0, y0=(2.0, 1.0, 1.0)):
         self.sigma, self.rho, self.beta = sigma, rho, beta
@@ -80,6 +98,10 @@ class Lorenz(IVP):
     def f(self, t, Y):
         x, y, z = Y[:, 0], Y[:, 1], Y[:, 2]
         return torch.stack([self.sigma * (y - x), x * (self.rho - z) - y, x * y - self.beta * z], dim=1)
+
+    def scipy_f(self, t, u):
+        x, y, z = u
+        return np.array([self.sigma * (y - x), x * (self.rho - z) - y, x * y - self.beta * z])
 
 
 class Dahlquist(IVP):
@@ -90,11 +112,15 @@ class Dahlquist(IVP):
 
     def __init__(self, lam: complex = -1.0 + 2.0j, y0=(1.0, 0.0)):
         self.lam = complex(lam)
-        self.M = torch.tensor([[self.lam.real, -self.lam.imag], [self.lam.imag, self.lam.real]], dtype=DTYPE)
+        self.M_np = np.array([[self.lam.real, -self.lam.imag], [self.lam.imag, self.lam.real]])
+        self.M = torch.from_numpy(self.M_np.copy())
         self.y0 = np.array(y0, dtype=float)
 
     def f(self, t, Y):
         return Y @ self.M.T
+
+    def scipy_f(self, t, y):
+        return self.M_np @ y
 
     def exact(self, t: float) -> np.ndarray:
         z = complex(*self.y0) * np.exp(self.lam * (t - self.t0))
@@ -106,7 +132,6 @@ class VanDerPol(IVP):
 
     name = "vdp"
     tf = 10.0
-    subinterval = 1.0
 
     def __init__(self, mu: float = 1.0, y0=(2.0, 0.0)):
         self.mu = mu
@@ -116,6 +141,10 @@ class VanDerPol(IVP):
         x, v = Y[:, 0], Y[:, 1]
         return torch.stack([v, self.mu * (1.0 - x * x) * v - x], dim=1)
 
+    def scipy_f(self, t, y):
+        x, v = y
+        return np.array([v, self.mu * (1.0 - x * x) * v - x])
+
 
 class StiffVanDerPol(VanDerPol):
     """μ = 100 on [0, 20]: stiff (Jacobian eigenvalue ≈ −μ(x² − 1) ≈ −300 at the start) while the
@@ -124,29 +153,96 @@ class StiffVanDerPol(VanDerPol):
 
     name = "vdp-stiff"
     tf = 20.0
-    subinterval = 0.05
 
     def __init__(self):
         super().__init__(mu=100.0)
 
 
+class VanDerPolMild(VanDerPol):
+    """μ = 10 on [0, 10]: mildly stiff (the explicit solvers' steps are stability-limited on the
+    slow branches, Jacobian eigenvalue ≈ −30 at the start)."""
+
+    name = "vdp-mild"
+    tf = 10.0
+
+    def __init__(self):
+        super().__init__(mu=10.0)
+
+
+class Pendulum(IVP):
+    """θ'' = −sin θ from θ = 2.5 (close to the top: strongly nonlinear), on [0, 20]."""
+
+    name = "pendulum"
+    tf = 20.0
+
+    def __init__(self, y0=(2.5, 0.0)):
+        self.y0 = np.array(y0, dtype=float)
+
+    def f(self, t, Y):
+        return torch.stack([Y[:, 1], -torch.sin(Y[:, 0])], dim=1)
+
+    def scipy_f(self, t, y):
+        return np.array([y[1], -np.sin(y[0])])
+
+
+class Brusselator(IVP):
+    """x' = A + x²y − (B+1)x, y' = Bx − x²y with A = 1, B = 3 from [1.5, 3] on [0, 20]: a
+    relaxation-free limit cycle (Hairer, Nørsett & Wanner I, §II.10)."""
+
+    name = "brusselator"
+    tf = 20.0
+
+    def __init__(self, a=1.0, b=3.0, y0=(1.5, 3.0)):
+        self.a, self.b = a, b
+        self.y0 = np.array(y0, dtype=float)
+
+    def f(self, t, Y):
+        x, y = Y[:, 0], Y[:, 1]
+        return torch.stack([self.a + x * x * y - (self.b + 1.0) * x, self.b * x - x * x * y], dim=1)
+
+    def scipy_f(self, t, u):
+        x, y = u
+        return np.array([self.a + x * x * y - (self.b + 1.0) * x, self.b * x - x * x * y])
+
+
 class NeuralODE(IVP):
-    """dy/dt = W2 tanh(W1 y + b1) + b2: a small seeded MLP as the vector field (PAN as the
-    forward solver of a neural ODE)."""
+    """dy/dt = W_out tanh(… tanh(W_1 y + b_1) …) + b_out: a seeded MLP as the vector field (PAN as
+    the forward solver of a neural ODE). ``neural``: 2-16-2; ``neural-big``: 8-320-320-8,
+    108,168 parameters, where one batched evaluation is expensive enough to spread over ranks."""
 
     name = "neural"
     tf = 5.0
 
-    def __init__(self, dim: int = 2, hidden: int = 16, seed: int = 0):
+    def __init__(self, dim: int = 2, hidden: int = 16, layers: int = 1, seed: int = 0):
         gen = torch.Generator().manual_seed(seed)
-        self.W1 = torch.randn(hidden, dim, generator=gen, dtype=DTYPE) / np.sqrt(dim)
-        self.b1 = 0.1 * torch.randn(hidden, generator=gen, dtype=DTYPE)
-        self.W2 = torch.randn(dim, hidden, generator=gen, dtype=DTYPE) / np.sqrt(hidden)
-        self.b2 = 0.1 * torch.randn(dim, generator=gen, dtype=DTYPE)
+        sizes = [dim] + [hidden] * layers + [dim]
+        self.weights = [torch.randn(n_out, n_in, generator=gen, dtype=DTYPE) / np.sqrt(n_in)
+                        for n_in, n_out in zip(sizes, sizes[1:])]
+        self.biases = [0.1 * torch.randn(n_out, generator=gen, dtype=DTYPE) for n_out in sizes[1:]]
         self.y0 = np.ones(dim)
 
+    @property
+    def parameters(self) -> int:
+        return sum(w.numel() + b.numel() for w, b in zip(self.weights, self.biases))
+
     def f(self, t, Y):
-        return torch.tanh(Y @ self.W1.T + self.b1) @ self.W2.T + self.b2
+        for W, b in zip(self.weights[:-1], self.biases[:-1]):
+            Y = torch.tanh(Y @ W.T + b)
+        return Y @ self.weights[-1].T + self.biases[-1]
+
+    def scipy_f(self, t, y):
+        for W, b in zip(self.weights[:-1], self.biases[:-1]):
+            y = np.tanh(W.numpy() @ y + b.numpy())
+        return self.weights[-1].numpy() @ y + self.biases[-1].numpy()
 
 
-IVP_PROBLEMS = {cls.name: cls for cls in (Spiral, Lorenz, Dahlquist, VanDerPol, StiffVanDerPol, NeuralODE)}
+class NeuralODEBig(NeuralODE):
+    name = "neural-big"
+    tf = 2.0
+
+    def __init__(self):
+        super().__init__(dim=8, hidden=320, layers=2)
+
+
+IVP_PROBLEMS = {cls.name: cls for cls in (Spiral, Lorenz, Dahlquist, VanDerPol, VanDerPolMild, StiffVanDerPol,
+                                           Pendulum, Brusselator, NeuralODE, NeuralODEBig)}
