@@ -24,17 +24,16 @@ from .problems.pde import petsc
 TS_TYPES = ("beuler", "cn", "theta", "bdf", "arkimex", "rosw")
 
 
-class TSDiverged(RuntimeError):
-    """A TS solve failed (SNES/KSP diverged); the message names the solver, interval and reason."""
-
-
 class TSPropagator:
     """``steps`` steps of a PETSc TS from t0 to t1: ``prop(u_in, t0, t1, out)`` (Vecs on the problem's DMDA).
 
     ``prefix`` ("coarse_" or "fine_") selects the options that configure it. The problem's
     ``ifunction``/``ijacobian`` define the ODE system (problems/pde.py). Counters per rank:
-    ``calls``, ``steps_taken``, ``snes_iterations``, ``ksp_iterations``. Raises
-    :class:`TSDiverged` when a solve does not reach t1.
+    ``calls``, ``steps_taken``, ``snes_iterations``, ``ksp_iterations``.
+
+    A solve that fails (SNES/KSP diverged, t1 not reached) does not raise, because the other time
+    groups could not learn of it: it fills ``out`` with NaN, which every later norm carries to all
+    ranks (Parareal then stops on a non-finite update), and keeps the first message in ``failure``.
     """
 
     def __init__(self, problem, prefix: str, ts_type: str, steps: int):
@@ -42,7 +41,10 @@ class TSPropagator:
         self.problem, self.prefix, self.steps = problem, prefix, steps
         ts = self.ts = PETSc.TS().create(comm=problem.comm)
         ts.setOptionsPrefix(prefix)
-        ts.setDM(problem.da)  # lets -X_pc_type mg / -X_snes_fd_color use the grid
+        # The grid lets -X_pc_type mg / -X_snes_fd_color work. A clone per TS: the DM holds the
+        # TS's residual context, so G and F sharing one DM would evaluate each other's stages.
+        self.dm = problem.da.clone()
+        ts.setDM(self.dm)
         self.residual = problem.create_vec()
         self.jacobian = problem.L.duplicate(copy=True)
         ts.setIFunction(problem.ifunction, self.residual)
@@ -64,6 +66,7 @@ class TSPropagator:
         self.adapt_type = options.getString(prefix + "ts_adapt_type")
         self.adaptive = self.adapt_type != "none"
         self.calls = self.steps_taken = self.snes_iterations = self.ksp_iterations = 0
+        self.failure: str | None = None
 
     def __call__(self, u_in, t0: float, t1: float, out) -> None:
         ts = self.ts
@@ -84,10 +87,14 @@ class TSPropagator:
         self.ksp_iterations += ts.getKSPIterations()
         reason = ts.getConvergedReason()
         if failure or reason < 0 or abs(ts.getTime() - t1) > 1e-9 * max(abs(t1 - t0), 1e-300):
-            raise TSDiverged(
-                f"{self.prefix[:-1]} TS ({ts.getType()}) failed on [{t0:g}, {t1:g}]: "
-                f"{failure or 'PETSc reason ' + reason_name(self.PETSc, reason)}, reached t = {ts.getTime():g}; use more "
-                f"--{self.prefix[:-1]}-steps or other -{self.prefix}snes_*/-{self.prefix}ksp_* options")
+            # Only this time group knows: NaN makes the failure everyone's at the next norm.
+            out.set(float("nan"))
+            if self.failure is None:
+                self.failure = (
+                    f"{self.prefix[:-1]} TS ({ts.getType()}) failed on [{t0:g}, {t1:g}]: "
+                    f"{failure or 'PETSc reason ' + reason_name(self.PETSc, reason)}, reached t = "
+                    f"{ts.getTime():g}; use more --{self.prefix[:-1]}-steps or other "
+                    f"-{self.prefix}snes_* / -{self.prefix}ksp_* options")
 
     def solver_types(self) -> dict[str, str]:
         """The types PETSc actually uses after the options: {prefix + "ts_type": ..., "snes_type" ...}."""
@@ -109,7 +116,7 @@ class TSPropagator:
                 f"{name}_snes_iterations": self.snes_iterations, f"{name}_ksp_iterations": self.ksp_iterations}
 
     def destroy(self) -> None:
-        for obj in (self.ts, self.residual, self.jacobian):
+        for obj in (self.ts, self.residual, self.jacobian, self.dm):
             obj.destroy()
 
 

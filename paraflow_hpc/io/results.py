@@ -6,7 +6,8 @@
 ``/history/<name>`` per-iteration series, identical on all ranks (written by rank 0)
 ``/timings/<name>`` one entry per rank: seconds spent in each category
 ``/counters/<name>`` one entry per rank: work counts (function evaluations, messages ...)
-``/solution/<name>`` distributed arrays: each rank owns a contiguous slice along axis 0
+``/solution/<name>`` distributed arrays: each rank owns a contiguous slice along axis 0, or
+                    (``blocks``) an n-d box of the array, e.g. its piece of a grid at some times
 ``/data/<name>``    other arrays (written by rank 0)
 
 With parallel h5py (``mpio`` driver) and more than one rank every rank writes its own
@@ -97,13 +98,18 @@ def _scalar_attr(value):
 
 def write_result(comm, path: str, *, method: str, config: dict, history: dict | None = None,
                  timings: dict[str, float] | None = None, counters: dict[str, float] | None = None,
-                 solution: dict | None = None,
+                 solution: dict | None = None, blocks: dict | None = None,
                  data: dict | None = None, attrs: dict | None = None) -> None:
     """Collective. ``solution`` maps names to this rank's slice (axis 0) of a distributed array;
+    ``blocks`` maps names to ``(shape, offset, array)``: this rank's box ``array`` at index
+    ``offset`` of a distributed array of global ``shape`` (same shape on every rank; the boxes
+    of all ranks tile it, an empty box is allowed), also stored under ``/solution``;
     ``history``/``data``/``attrs`` are taken from rank 0."""
     from mpi4py import MPI
 
     solution = {k: np.ascontiguousarray(v) for k, v in (solution or {}).items()}
+    blocks = {k: (tuple(shape), tuple(offset), np.ascontiguousarray(arr))
+              for k, (shape, offset, arr) in (blocks or {}).items()}
     per_rank = {"timings": allgather_per_rank(comm, timings or {}),
                 "counters": allgather_per_rank(comm, counters or {})}
     hostnames = comm.allgather(socket.gethostname())
@@ -133,13 +139,16 @@ def write_result(comm, path: str, *, method: str, config: dict, history: dict | 
                 with collective(comm, f"writing result {path}"):
                     _write_layout(f, comm, meta, config, history, per_rank, solution, layout, data,
                                   own_rank=True)
+                    _write_blocks(f, blocks, collective_write=True)
         else:
-            gathered = comm.gather(solution, root=0)
+            gathered = comm.gather((solution, blocks), root=0)
             if comm.rank == 0:
-                whole = {name: np.concatenate([g[name] for g in gathered]) for name in solution}
+                whole = {name: np.concatenate([g[0][name] for g in gathered]) for name in solution}
                 with h5py.File(tmp, "w") as f:
                     _write_layout(f, comm, meta, config, history, per_rank, whole,
                                   {n: [sum(layout[n])] for n in layout}, data, own_rank=False)
+                    for _, rank_blocks in gathered:
+                        _write_blocks(f, rank_blocks, collective_write=False)
     comm.Barrier()
     if comm.rank == 0:
         os.replace(tmp, path)
@@ -182,6 +191,23 @@ def _write_layout(f, comm, meta, config, history, per_rank, solution, layout, da
                     _empty_collective_write(ds)
         else:
             ds[...] = arr
+
+
+def _write_blocks(f, blocks: dict, collective_write: bool) -> None:
+    """Each rank's box of the ``blocks`` arrays under /solution (created once, by the first call)."""
+    for name, (shape, offset, arr) in blocks.items():
+        path = f"solution/{name}"
+        ds = f[path] if path in f else f.create_dataset(path, shape=shape, dtype=arr.dtype)
+        box = tuple(slice(o, o + n) for o, n in zip(offset, arr.shape))
+        if not collective_write:
+            if arr.size:
+                ds[box] = arr
+            continue
+        with ds.collective:
+            if arr.size:
+                ds[box] = arr
+            else:
+                _empty_collective_write(ds)
 
 
 def _empty_collective_write(ds) -> None:
