@@ -92,7 +92,7 @@ class TSPropagator:
             if self.failure is None:
                 self.failure = (
                     f"{self.prefix[:-1]} TS ({ts.getType()}) failed on [{t0:g}, {t1:g}]: "
-                    f"{failure or 'PETSc reason ' + reason_name(self.PETSc, reason)}, reached t = "
+                    f"{reason_name(self.PETSc, reason)}{' (' + failure + ')' if failure else ''}, reached t = "
                     f"{ts.getTime():g}; use more --{self.prefix[:-1]}-steps or other "
                     f"-{self.prefix}snes_* / -{self.prefix}ksp_* options")
 

@@ -184,9 +184,9 @@ def main(cfg: Config, comm) -> int:
 
     exact_error, final_exact_error = _exact_errors(comm_time, problem, result.boundaries, times[a + 1:b + 1])
     unused = unused_options(option_names(cfg.petsc))
-    if unused:
-        progress(f"warning: PETSc options set but not used by G or F: {' '.join('-' + n for n in unused)} "
-                 "(options need the coarse_ or fine_ prefix)")
+    if unused and comm.rank == 0:  # even with --quiet, as PETSc's -options_left
+        print(f"warning: PETSc options set but not used by G or F: {' '.join('-' + n for n in unused)} "
+              "(options need the coarse_ or fine_ prefix)", file=sys.stderr, flush=True)
     attrs = {"iterations": result.iterations, "converged": result.converged, **layout,
              "nx": cfg.nx, "ny": r["ny"], "serial_fine_seconds": serial_seconds,
              "parareal_seconds": parareal_seconds, "speedup": serial_seconds / parareal_seconds,
