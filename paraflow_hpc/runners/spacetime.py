@@ -106,14 +106,14 @@ def _describe(layout: dict) -> str:
     return f"P = {layout['time_groups']} time groups x S = {layout['space_ranks']} space ranks (grid {px} x {py})"
 
 
-def main(cfg: Config, comm) -> int:
-    progress = Progress(comm, cfg.quiet)
+def make_solvers(comm, comm_space, cfg, layout: dict):
+    """(problem, G, F, u0) on ``comm_space``, set up under the collective guard of ``comm`` (the world).
+
+    ``cfg`` needs problem, nx, ny, t0, coarse, coarse_steps, fine, fine_steps (a :class:`Config`);
+    PETSc options must already be in the options database.
+    """
     r = cfg.resolved()
-    layout = layout_of(comm, cfg.space_ranks)
-    comm_time, comm_space = space_time_split(comm, cfg.space_ranks)
     with collective(comm, "PETSc set-up"):
-        PETSc = petsc(comm)
-        insert_options(PETSc, cfg.petsc)
         problem = PDE_PROBLEMS[cfg.problem](comm_space, cfg.nx, r["ny"], tuple(layout["process_grid"]))
         coarse = TSPropagator(problem, "coarse_", cfg.coarse, cfg.coarse_steps)
         fine = TSPropagator(problem, "fine_", cfg.fine, cfg.fine_steps)
@@ -121,6 +121,18 @@ def main(cfg: Config, comm) -> int:
         probe = u0.duplicate()
         problem.ifunction(None, r["t0"], u0, u0, probe)  # the first evaluation, inside the guard
         probe.destroy()
+    return problem, coarse, fine, u0
+
+
+def main(cfg: Config, comm) -> int:
+    progress = Progress(comm, cfg.quiet)
+    r = cfg.resolved()
+    layout = layout_of(comm, cfg.space_ranks)
+    comm_time, comm_space = space_time_split(comm, cfg.space_ranks)
+    with collective(comm, "PETSc initialisation"):
+        PETSc = petsc(comm)
+        insert_options(PETSc, cfg.petsc)
+    problem, coarse, fine, u0 = make_solvers(comm, comm_space, cfg, layout)
     times = np.linspace(r["t0"], r["tf"], cfg.intervals + 1)
     progress(f"space-time Parareal on {comm.size} ranks = {_describe(layout)}: {problem.name} on "
              f"{cfg.nx} x {r['ny']}, t in [{r['t0']}, {r['tf']}], N = {cfg.intervals}, "
