@@ -144,3 +144,18 @@ def test_restart_is_bit_identical_and_a_changed_layout_is_refused(tmp_path):
     # other world size
     _expect_bad_input(2, ["--space-ranks", "2", *args, "--restart", str(tmp_path / "ck.h5")],
                       "written by 4 ranks", tmp_path)
+
+
+def test_bench_spacetime_writes_every_layout(tmp_path):
+    out = tmp_path / "bench.h5"
+    run_cli(2, ["bench", "spacetime", "--quiet", "--nx", "6", "--intervals", "2", "--fine-steps", "2",
+                "--output", str(out)], timeout=240)
+    with h5py.File(out, "r") as f:
+        assert list(f["data/space_ranks"][...]) == [2, 1]       # space-only first, then P = 2 x S = 1
+        assert list(f["data/time_groups"][...]) == [1, 2]
+        assert f["data/speedup"][0] == 1.0
+        assert np.all(f["data/model_seconds"][...] > 0) and np.all(f["data/tau_fine"][...] > 0)
+        assert f["data/error"][1] < 1e-8
+    table = (tmp_path / "bench.md").read_text()
+    assert "| 1 x 2 (space-only) |" in table and "| 2 x 1 |" in table
+    assert (tmp_path / "bench.png").stat().st_size > 0
