@@ -8,7 +8,8 @@ Laplacian), spread over the ranks of ``comm_space`` by a DMDA with a fixed proce
 [ys, ye) × [xs, xe) of the grid, stored x-fastest. The TS propagators
 (``propagators_petsc.py``) see a problem through the implicit form
 
-    F(t, u, u̇) = u̇ − ν L u − r(t, u) = 0,     ∂F/∂u + shift·∂F/∂u̇ = shift·I − ν L − diag(∂r/∂u),
+    F(t, u, u̇) = u̇ − ν L u − r(t, u) = 0,
+    ∂F/∂u + shift·∂F/∂u̇ = shift·I − ν L − diag(∂r/∂u),
 
 so every TS type (BEULER, CN, ARKIMEX, ROSW ...) treats the whole right-hand side implicitly.
 L (the grid Laplacian, units 1/length²) is assembled once; the Jacobian is a copy of it, scaled
