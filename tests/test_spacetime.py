@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_script
 
 pytestmark = pytest.mark.mpi
 
@@ -159,3 +159,9 @@ def test_bench_spacetime_writes_every_layout(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "| 1 x 2 (space-only) |" in table and "| 2 x 1 |" in table
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("nranks", [1, 2, 4])
+def test_space_time_split_and_result_boxes(tmp_path, nranks):
+    result = run_script(nranks, "space_time_layout.py", tmp_path, timeout=120)
+    assert result.stdout.count(": ok") == nranks
