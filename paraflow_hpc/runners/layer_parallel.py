@@ -13,7 +13,7 @@ from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
 from ..problems.datasets import DATASETS, load_dataset
 from ..problems.resnet import SCHEMES, ResNetSpec, init_params
-from .common import EXIT_PREEMPTED, CheckpointHook
+from .common import EXIT_PREEMPTED, CheckpointHook, blew_up
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -115,7 +115,9 @@ def main(cfg: Config, comm) -> int:
         progress(f"restarting from {cfg.restart} after iteration {resume.k}")
 
     def after_iteration(state: LayerParallelState) -> bool:
-        return hook(state.k, state.rank_arrays, state.root_arrays)
+        # a non-finite weight on any rank stops every rank before it reaches a checkpoint
+        finite = all(bool(torch.isfinite(t).all()) for t in state.net.params.values())
+        return hook(state.k, state.rank_arrays, state.root_arrays, finite=finite)
 
     result = train(comm, spec, params, data, **train_options(cfg), resume=resume,
                    after_iteration=after_iteration, progress=progress)
@@ -137,7 +139,9 @@ def main(cfg: Config, comm) -> int:
         attrs={"iterations": result.iterations, "final_train_accuracy": float(evals["train_accuracy"][-1]),
                "final_test_accuracy": float(evals["test_accuracy"][-1]),
                "train_seconds": float(evals["seconds"][-1]), "device": device.type,
-               "restarted_from": cfg.restart})
+               "restarted_from": cfg.restart,
+               "blew_up": blew_up(comm, "layer-parallel training", float(evals["train_loss"][0]),
+                                  float(evals["train_loss"][-1]))})
     progress(f"done: {result.iterations} iterations, train accuracy {evals['train_accuracy'][-1]:.4f}, "
              f"test accuracy {evals['test_accuracy'][-1]:.4f}, training time {evals['seconds'][-1]:.2f} s; "
              f"result written to {cfg.output}")

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from ..algorithms.paraflow import FlowState, paraflow
-from ..comm import Progress, torch_device
+from ..algorithms.paraflow import FlowResult, FlowState, paraflow, paraflow_window_cost
+from ..comm import NonFiniteError, Progress, torch_device
 from ..config import RunConfig, option, require
 from ..io.results import write_result
 from ..problems.networks import PROBLEMS, REDUCTIONS, make_problem
 from ..steppers import FINE_OPTIMIZERS, BatchSchedule, Coarse, Fine, Point
-from .common import EXIT_PREEMPTED, CheckpointHook
+from .common import EXIT_PREEMPTED, CheckpointHook, blew_up
 
 HISTORY_INT = ("selected", "evaluated", "budget_used", "fine_steps")
 
@@ -58,6 +58,16 @@ class FlowConfig(RunConfig):
         require(self.loss_tol >= 0 and self.grad_tol >= 0, "loss_tol and grad_tol must be >= 0 (0: off)")
         require(self.budget > 0 or self.k_max > 0,
                 "budget = 0 and k_max = 0: nothing would stop the run; set --budget or --k-max")
+
+    def costs(self) -> tuple[int, int, int]:
+        """(cost of one F, N, extra cost of one G) in per-sample gradients."""
+        n = PROBLEMS[self.problem]().n_samples
+        return self.n_f * (self.batch_size or n), n, (self.coarse_steps - 1) * n
+
+    def require_budget(self, minimum: int, what: str) -> None:
+        require(self.budget == 0 or self.budget >= minimum,
+                f"budget = {self.budget} is less than {what}, {minimum} per-sample gradients; "
+                f"use --budget {minimum} or more")
 
     def identity(self) -> dict:
         skip = {"output", "checkpoint", "checkpoint_every", "restart", "quiet", "device"}
@@ -108,6 +118,13 @@ def checkpointing(comm, cfg, kind: str, progress):
     return hook, resume, after_iteration
 
 
+def check_finite(result: FlowResult, method: str, unit: str, eta: float) -> None:
+    """Collective-free (``result`` is the same on every rank): NonFiniteError if the run blew up."""
+    if result.stop_reason == "non_finite":
+        raise NonFiniteError(f"{method}: non-finite loss L = {result.loss} in {unit} {result.iterations}: "
+                             f"the step eta = {eta:g} is too large for this problem; lower --eta")
+
+
 def history_arrays(history: dict) -> dict[str, np.ndarray]:
     return {k: np.array(v, dtype=np.int64 if k in HISTORY_INT else float) for k, v in history.items()}
 
@@ -122,6 +139,9 @@ class Config(FlowConfig):
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
         require(self.n_g >= 0, f"n_g = {self.n_g}: must be >= 0 (0: one subinterval per rank)")
+        fine_cost, n, coarse_extra = self.costs()
+        self.require_budget(paraflow_window_cost(self.n_g or comm_size, self.init, False, fine_cost, n, coarse_extra),
+                            "one ParaFlow window")
 
 
 def main(cfg: Config, comm) -> int:
@@ -141,6 +161,7 @@ def main(cfg: Config, comm) -> int:
                       grad_tol=cfg.grad_tol, resume=resume, after_iteration=after_iteration, progress=progress)
     comm.Barrier()
     seconds = MPI.Wtime() - t0
+    check_finite(result, "ParaFlow", "window", cfg.eta)
     if result.interrupted:
         progress(f"stopped after window {result.iterations}; resume with --restart {cfg.checkpoint}")
         return EXIT_PREEMPTED
@@ -152,7 +173,8 @@ def main(cfg: Config, comm) -> int:
                  attrs={"final_loss": result.loss, "iterations": result.iterations,
                         "budget_used": result.budget_used, "stop_reason": result.stop_reason,
                         "n_g": n_g, "n_samples": problem.n_samples, "n_params": problem.n_params,
-                        "loss_reduction": problem.reduction, "seconds": seconds, "restarted_from": cfg.restart})
+                        "loss_reduction": problem.reduction, "seconds": seconds, "restarted_from": cfg.restart,
+                        "blew_up": blew_up(comm, "ParaFlow", result.history["loss"][0], result.loss)})
     progress(f"done: {result.iterations} windows, L = {result.loss:.6e}, budget used {result.budget_used} "
              f"({result.stop_reason}), {seconds:.2f} s; result written to {cfg.output}")
     return 0

@@ -6,7 +6,8 @@ solvers configured from ``--petsc "-coarse_ts_type cn -fine_ksp_type cg ..."`` (
 ``coarse_`` and ``fine_``; options nobody read are reported at the end, as ``-options_left`` does).
 The boundary states go to ``/solution/u`` (N, ny, nx), each rank writing its own box through
 parallel HDF5. Checkpoints restart bit-identically on the (P, S) layout that wrote them; another
-layout is refused (exit 2).
+layout is refused by the CLI's checkpoint verification (exit 2, before any work). A failed TS
+solve or a non-finite update ends the run with NonFiniteError (exit 4) naming the first failure.
 """
 from __future__ import annotations
 
@@ -19,16 +20,12 @@ import numpy as np
 from mpi4py import MPI
 
 from ..algorithms.parareal_st import new_state, parareal_st, serial_fine_st
-from ..comm import Progress, Timers, block_partition, collective, space_time_split
+from ..comm import NonFiniteError, Progress, Timers, block_partition, collective, space_time_split
 from ..config import RunConfig, option, require
-from ..io.checkpoint import CheckpointError
 from ..io.results import write_result
 from ..problems.pde import PDE_PROBLEMS, petsc, process_grid
 from ..propagators_petsc import TS_TYPES, TSPropagator, insert_options, option_names, unused_options
 from .common import EXIT_PREEMPTED, CheckpointHook
-
-EXIT_BAD_INPUT = 2  # as the CLI's
-EXIT_DIVERGED = 4   # a TS solve failed or an update was not finite: nothing is reported as a result
 
 
 @dataclass
@@ -90,10 +87,22 @@ class Config(RunConfig):
                 "tf": problem.tf if self.tf is None else self.tf, "ny": self.ny or self.nx}
 
     def identity(self) -> dict:
-        """The options that define the solution: a checkpoint must match them to be resumed."""
+        """What a checkpoint must match to be resumed: the options that define the solution, and
+        the layout (space_ranks; the world size is checked as the checkpoint's rank count), since
+        each rank's pieces of the states are stored as they are distributed."""
         keys = ("problem", "nx", "intervals", "coarse", "coarse_steps", "fine", "fine_steps", "petsc",
-                "tol", "k_max", "reference")
+                "tol", "k_max", "reference", "space_ranks")
         return {**{key: getattr(self, key) for key in keys}, **self.resolved()}
+
+    def checkpoint_spec(self, rank, nranks: int) -> dict:
+        """The arrays a checkpoint holds: world rank ``rank``'s pieces of the m + 1 boundaries and
+        the m values of G and F of its time group's block (local grid size: any), or the shared
+        histories (``rank == "root"``)."""
+        if rank == "root":
+            return {"jumps": ((None,), "f"), "errors": ((None,), "f")}
+        a, b = block_partition(self.intervals, nranks // self.space_ranks, rank // self.space_ranks)
+        return {"boundaries": ((b - a + 1, None), "f"), "coarse_old": ((b - a, None), "f"),
+                "fine": ((b - a, None), "f")}
 
 
 def layout_of(comm, space_ranks: int) -> dict:
@@ -138,12 +147,10 @@ def main(cfg: Config, comm) -> int:
              f"{cfg.nx} x {r['ny']}, t in [{r['t0']}, {r['tf']}], N = {cfg.intervals}, "
              f"G = {coarse.describe()}, F = {fine.describe()}")
 
-    def failed(what: str) -> int:
-        """Collective: the first TS failure message of any rank, or the plain ``what``."""
+    def failed(what: str) -> NonFiniteError:
+        """Collective: ``what`` and the first TS failure message of any rank, to raise on every rank."""
         messages = [m for m in comm.allgather(coarse.failure or fine.failure) if m]
-        print(f"error: {what}" + (f"; first TS failure: {messages[0]}" if messages else ""),
-              file=sys.stderr, flush=True)
-        return EXIT_DIVERGED
+        return NonFiniteError(what + (f"; first TS failure: {messages[0]}" if messages else ""))
 
     reference, serial_seconds = None, float("nan")
     if cfg.reference:
@@ -153,24 +160,14 @@ def main(cfg: Config, comm) -> int:
         comm.Barrier()
         serial_seconds = comm.allreduce(ref_timers.elapsed(), op=MPI.MAX)
         if not comm.allreduce(int(np.isfinite(reference[-1].norm(PETSc.NormType.INFINITY))), op=MPI.MIN):
-            return failed("the sequential fine solution is not finite")
+            raise failed("the sequential fine solution is not finite")
         progress(f"sequential fine solution (space-parallel on {cfg.space_ranks} ranks): {serial_seconds:.3f} s")
 
     hook = CheckpointHook(comm, cfg, "spacetime", cfg.identity(), progress)
     a, b = block_partition(cfg.intervals, comm_time.size, comm_time.rank)
     resume = None
-    if cfg.restart:
-        try:
-            meta, arrays, root = hook.load(cfg.restart)
-            stored = {key: meta.get(key) for key in layout}
-            if stored != layout:
-                raise CheckpointError(
-                    f"checkpoint {cfg.restart!r} was written on {_describe(stored)}, this run is "
-                    f"{_describe(layout)}; restart with mpirun -n {comm.size} --space-ranks "
-                    f"{stored['space_ranks']} (states are not redistributed between layouts)")
-        except CheckpointError as err:  # every rank raises alike (load_checkpoint broadcasts)
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            return EXIT_BAD_INPUT
+    if cfg.restart:  # verified by the CLI: same options, world size and space_ranks
+        meta, arrays, root = hook.load(cfg.restart)
         resume = new_state(int(meta["iteration"]), u0, b - a)
         resume.load_arrays(arrays)
         resume.jumps, resume.errors = list(root["jumps"]), list(root["errors"])
@@ -186,8 +183,8 @@ def main(cfg: Config, comm) -> int:
         result = parareal_st(comm_time, coarse, fine, u0, times, tol=cfg.tol, k_max=cfg.k_max or cfg.intervals,
                              reference=reference, resume=resume, after_iteration=after_iteration,
                              progress=progress)
-    except FloatingPointError as err:
-        return failed(str(err))
+    except FloatingPointError as err:  # raised on every rank alike, from the reduced update norm
+        raise failed(str(err)) from None
     comm.Barrier()
     parareal_seconds = comm.allreduce(run_timers.elapsed(), op=MPI.MAX)
     if result.interrupted:
