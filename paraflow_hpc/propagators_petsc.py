@@ -9,10 +9,12 @@ KSP and PC option reaches one of them from the command line: ``-coarse_ts_type c
 Defaults, all overridable: fixed steps (``-X_ts_adapt_type none``; with an adaptive controller
 the step count is PETSc's and ``steps`` only sets the first step), Newton with
 rtol 1e-10 / atol 1e-12 (KSP only for linear problems), and a parallel direct solve
-(``-X_ksp_type preonly -X_pc_type lu -X_pc_factor_mat_solver_type mumps``), which gives the
-same answer to round-off on every number of space ranks, so Parareal's iterates do not
-depend on the layout. For large grids an iterative solver (cg + gamg) is the better choice;
-its tolerance then enters the layout independence.
+(``-X_ksp_type preonly -X_pc_type lu -X_pc_factor_mat_solver_type superlu_dist``), which gives
+the same answer to round-off on every number of space ranks, so Parareal's iterates do not
+depend on the layout, and the same bits on every run of one layout (static pivoting and
+scheduling), so a restart is bit-identical. MUMPS is not: on 2 ranks its dynamic scheduling
+changed the last bit between runs. For large grids an iterative solver (cg + gamg) is the
+better choice; its tolerance then enters the layout independence.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ class TSPropagator:
         ksp = snes.getKSP()
         ksp.setType("preonly")
         ksp.getPC().setType("lu")
-        ksp.getPC().setFactorSolverType("mumps")
+        ksp.getPC().setFactorSolverType("superlu_dist")  # deterministic; mumps is not (see above)
         ts.setFromOptions()
         self.adapt_type = options.getString(prefix + "ts_adapt_type")
         self.adaptive = self.adapt_type != "none"
