@@ -174,3 +174,23 @@ def allgather_per_rank(comm, per_rank: dict[str, float]) -> dict[str, np.ndarray
     gathered = comm.allgather(per_rank)
     names = sorted(set().union(*gathered))
     return {name: np.array([t.get(name, 0.0) for t in gathered]) for name in names}
+def space_time_split(comm, space_ranks: int):
+    """Split ``comm`` (size P·S) into P time groups of S space ranks: ``(comm_time, comm_space)``.
+
+    A Cartesian communicator of dims (P, S), not reordered, puts rank r at (t, s) =
+    (r // S, r % S): the S ranks of one time group are consecutive, so a space group
+    stays on one node when S divides the ranks per node (its halo exchanges and norms are
+    the frequent messages). ``comm_space`` holds the ranks (t, 0..S-1) that share one
+    distributed state; ``comm_time`` holds (0..P-1, s), the ranks that exchange the pieces
+    of boundary states with their time neighbours (t ± 1, s). ``comm_time.rank`` is t and
+    ``comm_space.rank`` is s. Collective on ``comm``; raises ValueError (on every rank
+    alike) if ``space_ranks`` does not divide ``comm.size``.
+    """
+    if space_ranks < 1 or comm.size % space_ranks:
+        raise ValueError(f"space_ranks = {space_ranks} does not divide the {comm.size} MPI ranks; "
+                         f"use a divisor of {comm.size}")
+    cart = comm.Create_cart([comm.size // space_ranks, space_ranks], periods=[False, False], reorder=False)
+    try:
+        return cart.Sub([True, False]), cart.Sub([False, True])
+    finally:
+        cart.Free()

@@ -12,6 +12,7 @@ from ..config import RunConfig, option
 
 BENCHES = {
     "parareal": "paraflow_hpc.bench.parareal", "mgrit": "paraflow_hpc.bench.mgrit",
+    "spacetime": "paraflow_hpc.bench.spacetime",
     "paraflows": "paraflow_hpc.bench.paraflows",
     "pan": "paraflow_hpc.bench.pan",
     "paso": "paraflow_hpc.bench.paso",

@@ -6,7 +6,8 @@
 ``/history/<name>`` per-iteration series, identical on all ranks (written by rank 0)
 ``/timings/<name>`` one entry per rank: seconds spent in each category
 ``/counters/<name>`` one entry per rank: work counts (function evaluations, messages ...)
-``/solution/<name>`` distributed arrays: each rank owns a contiguous slice along axis 0
+``/solution/<name>`` distributed arrays: each rank owns a contiguous slice along axis 0, or
+                    (``blocks``) an n-d box of the array, e.g. its piece of a grid at some times
 ``/data/<name>``    other arrays (written by rank 0)
 
 With parallel h5py (``mpio`` driver) and more than one rank every rank writes its own
@@ -86,13 +87,18 @@ def _scalar_attr(value):
 
 def write_result(comm, path: str, *, method: str, config: dict, history: dict | None = None,
                  timings: dict[str, float] | None = None, counters: dict[str, float] | None = None,
-                 solution: dict | None = None,
+                 solution: dict | None = None, blocks: dict | None = None,
                  data: dict | None = None, attrs: dict | None = None) -> None:
     """Collective. ``solution`` maps names to this rank's slice (axis 0) of a distributed array;
-    ``history``/``data``/``attrs`` are taken from rank 0. Slices of any size: written (or sent
+    ``blocks`` maps names to ``(shape, offset, array)``: this rank's box ``array`` at index
+    ``offset`` of a distributed array of global ``shape`` (same shape and dtype on every rank;
+    the boxes of all ranks tile it; an empty box is allowed), also stored under ``/solution``;
+    ``history``/``data``/``attrs`` are taken from rank 0. Slices and boxes of any size: written (or sent
     to rank 0) in blocks of at most :data:`CHUNK_BYTES`. The file appears under ``path`` only
     when complete (written as ``path.partial-<pid>``, fsync'ed, renamed, directory fsync'ed)."""
     solution = {k: np.ascontiguousarray(v) for k, v in (solution or {}).items()}
+    blocks = {k: (tuple(shape), tuple(offset), np.ascontiguousarray(arr))
+              for k, (shape, offset, arr) in (blocks or {}).items()}
     per_rank = {"timings": allgather_per_rank(comm, timings or {}),
                 "counters": allgather_per_rank(comm, counters or {})}
     hostnames = comm.allgather(socket.gethostname())
@@ -126,8 +132,9 @@ def write_result(comm, path: str, *, method: str, config: dict, history: dict | 
                 with collective(comm, f"writing result {path}"):
                     _write_layout(f, comm, meta, config, history, per_rank, solution, layout, data,
                                   own_rank=True)
+                    _write_boxes(f, comm, blocks)
         else:
-            _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout, data)
+            _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout, data, blocks)
         comm.Barrier()
         if comm.rank == 0:
             _fsync_file(tmp)   # the data is on disk before the rename makes it the result
@@ -169,9 +176,10 @@ def _row_blocks(n_rows: int, row_bytes: int) -> list[slice]:
     return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
 
 
-def _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout, data) -> None:
+def _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout, data, boxes) -> None:
     """Without parallel HDF5 (or on one rank): rank 0 writes the file, receiving every other
-    rank's slices as numpy buffers in blocks of at most CHUNK_BYTES (no pickles, any size)."""
+    rank's slices and boxes as numpy buffers in blocks of at most CHUNK_BYTES (no pickles, any
+    size; only the boxes' offsets and shapes travel as objects)."""
     f = h5py.File(tmp, "w") if comm.rank == 0 else None
     try:
         if comm.rank == 0:
@@ -194,6 +202,24 @@ def _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout
                     elif comm.rank == r:
                         comm.Send(np.ascontiguousarray(arr[rows]).reshape(-1).view(np.uint8), dest=0, tag=11)
                 start += count
+        for name, (shape, offset, arr) in boxes.items():
+            places = comm.gather((offset, arr.shape), root=0)
+            if comm.rank == 0:
+                ds = sol.create_dataset(name, shape=shape, dtype=arr.dtype)
+            row_bytes = math.prod(arr.shape[1:]) * arr.itemsize
+            for r in range(comm.size):
+                if comm.rank == 0:
+                    r_offset, r_shape = places[r]
+                    for rows in _row_blocks(r_shape[0], row_bytes):
+                        if r == 0:
+                            block = arr[rows]
+                        else:
+                            block = np.empty((rows.stop - rows.start,) + tuple(r_shape[1:]), dtype=arr.dtype)
+                            comm.Recv(block.reshape(-1).view(np.uint8), source=r, tag=12)
+                        ds[_box(r_offset, block.shape, rows.start)] = block
+                elif comm.rank == r:
+                    for rows in _row_blocks(arr.shape[0], row_bytes):
+                        comm.Send(np.ascontiguousarray(arr[rows]).reshape(-1).view(np.uint8), dest=0, tag=12)
     finally:
         if f is not None:
             f.close()
@@ -237,6 +263,28 @@ def _write_layout(f, comm, meta, config, history, per_rank, solution, layout, da
             for i in range(rounds):
                 if i < len(blocks):
                     ds[start + blocks[i].start:start + blocks[i].stop] = arr[blocks[i]]
+                else:
+                    _empty_collective_write(ds)
+
+
+def _box(offset: tuple, shape: tuple, first_row: int = 0) -> tuple[slice, ...]:
+    """The index of a box of ``shape`` at ``offset``, its rows starting ``first_row`` further."""
+    start = (offset[0] + first_row,) + tuple(offset[1:])
+    return tuple(slice(o, o + n) for o, n in zip(start, shape))
+
+
+def _write_boxes(f, comm, boxes: dict) -> None:
+    """Parallel: each rank writes its box of every ``boxes`` array, collectively, in row blocks
+    of at most CHUNK_BYTES (every rank makes the same number of writes)."""
+    for name, (shape, offset, arr) in boxes.items():
+        ds = f["solution"].create_dataset(name, shape=shape, dtype=arr.dtype)
+        row_bytes = math.prod(arr.shape[1:]) * arr.itemsize
+        rows = _row_blocks(arr.shape[0], row_bytes)
+        rounds = comm.allreduce(len(rows), op=MPI.MAX)
+        with ds.collective:
+            for i in range(rounds):
+                if i < len(rows) and arr[rows[i]].size:
+                    ds[_box(offset, arr[rows[i]].shape, rows[i].start)] = arr[rows[i]]
                 else:
                     _empty_collective_write(ds)
 

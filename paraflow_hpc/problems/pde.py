@@ -1,0 +1,244 @@
+"""Reaction–diffusion PDEs on a distributed PETSc DMDA: the states of space-time Parareal.
+
+    u_t = ν Δu + r(t, x, y, u)   on the unit square, u(t0) = u0,
+
+discretised by second-order finite differences on an ``nx`` × ``ny`` grid (the 5-point
+Laplacian), spread over the ranks of ``comm_space`` by a DMDA with a fixed process grid
+``proc_sizes`` = (px, py). A state is a global DMDA Vec: each rank owns the block
+[ys, ye) × [xs, xe) of the grid, stored x-fastest. The TS propagators
+(``propagators_petsc.py``) see a problem through the implicit form
+
+    F(t, u, u̇) = u̇ − ν L u − r(t, u) = 0,
+    ∂F/∂u + shift·∂F/∂u̇ = shift·I − ν L − diag(∂r/∂u),
+
+so every TS type (BEULER, CN, ARKIMEX, ROSW ...) treats the whole right-hand side implicitly.
+L (the grid Laplacian, units 1/length²) is assembled once; the Jacobian is a copy of it, scaled
+and shifted, plus a diagonal for a nonlinear reaction.
+
+To bring your own problem: subclass :class:`DMDAProblem` and set ``boundary``, ``nu``, ``linear``,
+``t0``/``tf``, ``initial_values`` and ``reaction``/``reaction_derivative`` (arrays over this rank's
+block, shape (ye − ys, xe − xs)); override ``ifunction``/``ijacobian`` for other operators; register
+it in ``PDE_PROBLEMS``. See docs/spacetime.md.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def petsc(comm):
+    """petsc4py's PETSc module, initialised on ``comm`` if nothing initialised it before."""
+    if "petsc4py.PETSc" not in sys.modules:
+        import petsc4py
+
+        petsc4py.init(comm=comm)
+    from petsc4py import PETSc
+
+    return PETSc
+
+
+def process_grid(space_ranks: int) -> tuple[int, int]:
+    """The (px, py) process grid of the DMDA for ``space_ranks`` ranks (MPI_Dims_create, px >= py).
+
+    Fixed here rather than left to PETSc so that a layout can be validated before any
+    collective call (``nx >= px``, ``ny >= py``) and a checkpoint can name it.
+    """
+    from mpi4py import MPI
+
+    px, py = MPI.Compute_dims(space_ranks, 2)
+    return int(px), int(py)
+
+
+class DMDAProblem:
+    """u_t = ν Δ_h u + r(t, x, y, u) on a 2-D DMDA over ``comm`` (an mpi4py communicator).
+
+    ``boundary``: "dirichlet" (u = 0 on the boundary of the unit square; the grid holds the
+    ``nx`` × ``ny`` interior points, spacing 1/(nx + 1)) or "periodic" (spacing 1/nx).
+    Counters ``nfev`` (residual evaluations) and ``njev`` (Jacobian evaluations) are per rank.
+    """
+
+    name = "dmda"
+    t0 = 0.0
+    tf = 1.0
+    nu = 1.0
+    boundary = "dirichlet"
+    linear = True           # r does not depend on u: TS may solve one linear system per stage
+
+    def __init__(self, comm, nx: int, ny: int, proc_sizes: tuple[int, int]):
+        PETSc = petsc(comm)
+        self.comm, self.nx, self.ny = comm, nx, ny
+        periodic = self.boundary == "periodic"
+        btype = PETSc.DM.BoundaryType.PERIODIC if periodic else PETSc.DM.BoundaryType.NONE
+        self.da = PETSc.DMDA().create(dim=2, dof=1, sizes=(nx, ny), proc_sizes=proc_sizes,
+                                      boundary_type=(btype, btype), stencil_type=PETSc.DMDA.StencilType.STAR,
+                                      stencil_width=1, comm=comm)
+        self.hx, self.hy = (1.0 / nx, 1.0 / ny) if periodic else (1.0 / (nx + 1), 1.0 / (ny + 1))
+        (self.xs, self.xe), (self.ys, self.ye) = self.da.getRanges()
+        offset = 0.0 if periodic else 1.0
+        self.x = (np.arange(self.xs, self.xe) + offset) * self.hx     # this rank's grid lines
+        self.y = (np.arange(self.ys, self.ye) + offset) * self.hy
+        self.X, self.Y = np.meshgrid(self.x, self.y)                 # shape (ye - ys, xe - xs)
+        self.L = self._laplacian(PETSc)
+        self.nfev = self.njev = 0
+        self._diagonal = None
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        return (self.ye - self.ys, self.xe - self.xs)
+
+    def _laplacian(self, PETSc):
+        """The 5-point Laplacian, assembled once by rows in ghosted local numbering."""
+        L = self.da.createMatrix()
+        (gxs, gxe), (gys, gye) = self.da.getGhostRanges()
+        gnx = gxe - gxs
+        periodic = self.boundary == "periodic"
+        stencil = ((-1, 0, 1.0 / self.hx**2), (1, 0, 1.0 / self.hx**2),
+                   (0, -1, 1.0 / self.hy**2), (0, 1, 1.0 / self.hy**2))
+        centre = -2.0 / self.hx**2 - 2.0 / self.hy**2
+        for j in range(self.ys, self.ye):
+            for i in range(self.xs, self.xe):
+                row = (j - gys) * gnx + (i - gxs)
+                cols, vals = [row], [centre]
+                for di, dj, w in stencil:
+                    ii, jj = i + di, j + dj
+                    if not periodic and not (0 <= ii < self.nx and 0 <= jj < self.ny):
+                        continue  # a Dirichlet boundary value, zero
+                    cols.append((jj - gys) * gnx + (ii - gxs))
+                    vals.append(w)
+                # ADD: on a periodic grid of width 2 both neighbours are the same point
+                L.setValuesLocal([row], cols, vals, addv=PETSc.InsertMode.ADD_VALUES)
+        L.assemble()
+        return L
+
+    # -- what a problem defines ------------------------------------------------------------
+    def initial_values(self) -> np.ndarray:
+        """u(t0) on this rank's block, shape (ye − ys, xe − xs)."""
+        raise NotImplementedError
+
+    def reaction(self, t: float, u: np.ndarray) -> np.ndarray:
+        """r(t, x, y, u) on this rank's block (same shape as ``u``)."""
+        return np.zeros_like(u)
+
+    def reaction_derivative(self, t: float, u: np.ndarray) -> np.ndarray | None:
+        """∂r/∂u on this rank's block, or None where r does not depend on u."""
+        return None
+
+    exact_values = None  # exact_values(t) -> block, where a closed form exists
+
+    # -- PETSc side ------------------------------------------------------------------------
+    def create_vec(self):
+        return self.da.createGlobalVec()
+
+    def initial(self):
+        """u(t0) as a new global Vec."""
+        u = self.create_vec()
+        with u as arr:
+            arr[:] = self.initial_values().ravel()
+        return u
+
+    def exact(self, t: float, out) -> bool:
+        """Write the exact solution at t into ``out``; False where the problem has none."""
+        if self.exact_values is None:
+            return False
+        with out as arr:
+            arr[:] = self.exact_values(t).ravel()
+        return True
+
+    def ifunction(self, ts, t, u, udot, f) -> None:
+        """F = u̇ − ν L u − r(t, u) (PETSc TSIFunction)."""
+        self.nfev += 1
+        self.L.mult(u, f)
+        f.aypx(-self.nu, udot)
+        r = self.reaction(t, u.getArray(readonly=True).reshape(self.block_shape))
+        with f as arr:
+            arr -= r.ravel()
+
+    def ijacobian(self, ts, t, u, udot, shift, J, P) -> None:
+        """P = shift·I − ν L − diag(∂r/∂u) (PETSc TSIJacobian); J is P."""
+        PETSc = petsc(self.comm)
+        self.njev += 1
+        self.L.copy(P, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+        P.scale(-self.nu)
+        P.shift(shift)
+        dr = self.reaction_derivative(t, u.getArray(readonly=True).reshape(self.block_shape))
+        if dr is not None:
+            if self._diagonal is None:
+                self._diagonal = self.create_vec()
+            with self._diagonal as arr:
+                arr[:] = -dr.ravel()
+            P.setDiagonal(self._diagonal, addv=PETSc.InsertMode.ADD_VALUES)
+
+    def destroy(self) -> None:
+        if self._diagonal is not None:
+            self._diagonal.destroy()
+        self.L.destroy()
+        self.da.destroy()
+
+
+class Heat2D(DMDAProblem):
+    """u_t = ν Δu + f with the manufactured solution u = x(1 − x) y(1 − y) cos(2πt), u = 0 on the boundary.
+
+    The 5-point Laplacian is exact on this quadratic profile, so the semi-discrete solution is
+    the exact one at the grid points: the error against ``exact_values`` is the time
+    integrator's alone and shrinks at its order (1 for BEULER, 2 for CN).
+    """
+
+    name = "heat2d"
+    tf = 1.0
+    nu = 1.0
+
+    def _profile(self):
+        return self.X * (1.0 - self.X) * self.Y * (1.0 - self.Y)
+
+    def exact_values(self, t: float) -> np.ndarray:
+        return self._profile() * np.cos(2.0 * np.pi * t)
+
+    def initial_values(self) -> np.ndarray:
+        return self.exact_values(self.t0)
+
+    def reaction(self, t, u):
+        """The forcing f = u_t − ν Δu of the manufactured solution (independent of u)."""
+        laplacian = -2.0 * (self.X * (1.0 - self.X) + self.Y * (1.0 - self.Y))
+        return (-2.0 * np.pi * np.sin(2.0 * np.pi * t) * self._profile()
+                - self.nu * laplacian * np.cos(2.0 * np.pi * t))
+
+
+class AllenCahn2D(DMDAProblem):
+    """u_t = Δu + (u − u³)/ε², periodic, a disc of radius R0 = 0.25 (u ≈ +1 inside, −1 outside).
+
+    The disc shrinks by mean curvature, R(t)² = R0² − 2t in the sharp-interface limit
+    (the classic pySDC / Allen–Cahn benchmark), so t must stay below R0²/2 = 0.03125.
+    Nonlinear: Newton (SNES) in every implicit stage.
+    """
+
+    name = "allen-cahn"
+    tf = 0.01
+    nu = 1.0
+    boundary = "periodic"
+    linear = False
+    eps = 0.04
+    radius0 = 0.25
+
+    def initial_values(self) -> np.ndarray:
+        r = np.hypot(self.X - 0.5, self.Y - 0.5)
+        return np.tanh((self.radius0 - r) / (np.sqrt(2.0) * self.eps))
+
+    def reaction(self, t, u):
+        return (u - u**3) / self.eps**2
+
+    def reaction_derivative(self, t, u):
+        return (1.0 - 3.0 * u**2) / self.eps**2
+
+    def radius(self, u) -> float:
+        """Disc radius from the area where u > 0 (collective over the space communicator)."""
+        from mpi4py import MPI
+
+        inside = float(np.count_nonzero(u.getArray(readonly=True) > 0.0)) * self.hx * self.hy
+        return float(np.sqrt(self.comm.allreduce(inside, op=MPI.SUM) / np.pi))
+
+    def sharp_interface_radius(self, t: float) -> float:
+        return float(np.sqrt(max(self.radius0**2 - 2.0 * (t - self.t0), 0.0)))
+
+
+PDE_PROBLEMS = {cls.name: cls for cls in (Heat2D, AllenCahn2D)}

@@ -1,0 +1,181 @@
+"""PETSc TS propagators for space-time Parareal's G and F, on distributed DMDA Vecs.
+
+A :class:`TSPropagator` advances a state from t0 to t1 in ``steps`` equal steps of one
+PETSc TS (implicit: BEULER, CN, THETA, BDF, ARKIMEX, ROSW; each stage a SNES with its KSP/PC).
+G and F are two TS objects with options prefixes ``coarse_`` and ``fine_``, so every TS, SNES,
+KSP and PC option reaches one of them from the command line: ``-coarse_ts_type cn``,
+``-fine_ksp_type cg -fine_pc_type gamg``, ``-fine_snes_monitor`` ...
+
+Defaults, all overridable: fixed steps (``-X_ts_adapt_type none``; with an adaptive controller
+the step count is PETSc's and ``steps`` only sets the first step), Newton with
+rtol 1e-10 / atol 1e-12 (KSP only for linear problems), and a parallel direct solve
+(``-X_ksp_type preonly -X_pc_type lu -X_pc_factor_mat_solver_type superlu_dist``), which gives
+the same answer to round-off on every number of space ranks, so Parareal's iterates do not
+depend on the layout, and the same bits on every run of one layout (static pivoting and
+scheduling), so a restart is bit-identical. MUMPS is not: on 2 ranks its dynamic scheduling
+changed the last bit between runs. For large grids an iterative solver (cg + gamg) is the
+better choice; its tolerance then enters the layout independence.
+"""
+from __future__ import annotations
+
+import ctypes
+import shlex
+
+from .problems.pde import petsc
+
+TS_TYPES = ("beuler", "cn", "theta", "bdf", "arkimex", "rosw")
+
+
+class TSPropagator:
+    """``steps`` steps of a PETSc TS from t0 to t1: ``prop(u_in, t0, t1, out)`` (Vecs on the problem's DMDA).
+
+    ``prefix`` ("coarse_" or "fine_") selects the options that configure it. The problem's
+    ``ifunction``/``ijacobian`` define the ODE system (problems/pde.py). Counters per rank:
+    ``calls``, ``steps_taken``, ``snes_iterations``, ``ksp_iterations``.
+
+    A solve that fails (SNES/KSP diverged, t1 not reached) does not raise, because the other time
+    groups could not learn of it: it fills ``out`` with NaN, which every later norm carries to all
+    ranks (Parareal then stops on a non-finite update), and keeps the first message in ``failure``.
+    """
+
+    def __init__(self, problem, prefix: str, ts_type: str, steps: int):
+        PETSc = self.PETSc = petsc(problem.comm)
+        self.problem, self.prefix, self.steps = problem, prefix, steps
+        ts = self.ts = PETSc.TS().create(comm=problem.comm)
+        ts.setOptionsPrefix(prefix)
+        # The grid lets -X_pc_type mg / -X_snes_fd_color work. A clone per TS: the DM holds the
+        # TS's residual context, so G and F sharing one DM would evaluate each other's stages.
+        self.dm = problem.da.clone()
+        ts.setDM(self.dm)
+        self.residual = problem.create_vec()
+        self.jacobian = problem.L.duplicate(copy=True)
+        ts.setIFunction(problem.ifunction, self.residual)
+        ts.setIJacobian(problem.ijacobian, self.jacobian, self.jacobian)
+        ts.setProblemType(PETSc.TS.ProblemType.LINEAR if problem.linear else PETSc.TS.ProblemType.NONLINEAR)
+        ts.setType(ts_type)
+        ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
+        options = PETSc.Options()
+        # petsc4py 3.18 has no TSAdapt: the fixed-step default goes through the options database
+        if not options.hasName(prefix + "ts_adapt_type"):
+            options.setValue(prefix + "ts_adapt_type", "none")
+        snes = ts.getSNES()
+        snes.setTolerances(rtol=1e-10, atol=1e-12)
+        ksp = snes.getKSP()
+        ksp.setType("preonly")
+        ksp.getPC().setType("lu")
+        ksp.getPC().setFactorSolverType("superlu_dist")  # deterministic; mumps is not (see above)
+        ts.setFromOptions()
+        self.adapt_type = options.getString(prefix + "ts_adapt_type")
+        self.adaptive = self.adapt_type != "none"
+        self.calls = self.steps_taken = self.snes_iterations = self.ksp_iterations = 0
+        self.failure: str | None = None
+
+    def __call__(self, u_in, t0: float, t1: float, out) -> None:
+        ts = self.ts
+        u_in.copy(out)
+        ts.setTime(t0)
+        ts.setStepNumber(0)
+        ts.setTimeStep((t1 - t0) / self.steps)
+        ts.setMaxTime(t1)
+        ts.setMaxSteps(10**9 if self.adaptive else self.steps)
+        try:
+            ts.solve(out)
+            failure = None
+        except self.PETSc.Error as err:  # a failed step raises (TSSetErrorIfStepFails default)
+            failure = f"PETSc error {err.ierr}"
+        self.calls += 1
+        self.steps_taken += ts.getStepNumber()
+        self.snes_iterations += ts.getSNESIterations()
+        self.ksp_iterations += ts.getKSPIterations()
+        reason = ts.getConvergedReason()
+        if failure or reason < 0 or abs(ts.getTime() - t1) > 1e-9 * max(abs(t1 - t0), 1e-300):
+            # Only this time group knows: NaN makes the failure everyone's at the next norm.
+            out.set(float("nan"))
+            if self.failure is None:
+                self.failure = (
+                    f"{self.prefix[:-1]} TS ({ts.getType()}) failed on [{t0:g}, {t1:g}]: "
+                    f"{reason_name(self.PETSc, reason)}{' (' + failure + ')' if failure else ''}, reached t = "
+                    f"{ts.getTime():g}; use more --{self.prefix[:-1]}-steps or other "
+                    f"-{self.prefix}snes_* / -{self.prefix}ksp_* options")
+
+    def solver_types(self) -> dict[str, str]:
+        """The types PETSc actually uses after the options: {prefix + "ts_type": ..., "snes_type" ...}."""
+        snes = self.ts.getSNES()
+        ksp = snes.getKSP()
+        return {f"{self.prefix}ts_type": self.ts.getType(), f"{self.prefix}snes_type": snes.getType(),
+                f"{self.prefix}ksp_type": ksp.getType(), f"{self.prefix}pc_type": ksp.getPC().getType(),
+                f"{self.prefix}ts_adapt_type": self.adapt_type}
+
+    def describe(self) -> str:
+        types = self.solver_types()
+        return (f"{types[self.prefix + 'ts_type']}, {self.steps} steps"
+                f"{' (adaptive)' if self.adaptive else ''}, {types[self.prefix + 'snes_type']}/"
+                f"{types[self.prefix + 'ksp_type']}/{types[self.prefix + 'pc_type']}")
+
+    def counters(self) -> dict[str, int]:
+        name = self.prefix[:-1]
+        return {f"{name}_calls": self.calls, f"{name}_steps": self.steps_taken,
+                f"{name}_snes_iterations": self.snes_iterations, f"{name}_ksp_iterations": self.ksp_iterations}
+
+    def destroy(self) -> None:
+        for obj in (self.ts, self.residual, self.jacobian, self.dm):
+            obj.destroy()
+
+
+def reason_name(PETSc, reason: int) -> str:
+    names = {v: k for k, v in vars(PETSc.TS.ConvergedReason).items() if k.isupper()}
+    return names.get(reason, str(reason))
+
+
+def option_names(options: str) -> list[str]:
+    """The option names (without '-') in a ``-key value`` string; raises ValueError if unparsable."""
+    names = []
+    for token in shlex.split(options or ""):
+        if token.startswith("-") and not _is_number(token):
+            names.append(token.lstrip("-"))
+    return names
+
+
+def insert_options(PETSc, options: str) -> list[str]:
+    """Put the ``-key value`` pairs into PETSc's options database; returns their names."""
+    tokens = shlex.split(options or "")
+    if tokens:
+        PETSc.Options().insertString(" ".join(shlex.quote(t) for t in tokens))
+    return option_names(options)
+
+
+def unused_options(names: list[str]) -> list[str] | None:
+    """The names no PETSc object read (as ``-options_left`` reports at exit), or None if unknown.
+
+    petsc4py 3.18 has no wrapper for PetscOptionsUsed, so it is called through ctypes in the
+    PETSc library this process has loaded.
+    """
+    path = _loaded_petsc_library()
+    if path is None:
+        return None
+    lib = ctypes.CDLL(path)
+    unused = []
+    for name in names:
+        used = ctypes.c_int(0)
+        if lib.PetscOptionsUsed(None, name.encode(), ctypes.byref(used)) != 0:
+            return None
+        if not used.value:
+            unused.append(name)
+    return unused
+
+
+def _loaded_petsc_library() -> str | None:
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "libpetsc" in line and ".so" in line}
+    except OSError:
+        return None
+    return min(paths) if paths else None
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,246 @@
+"""``paraflow-hpc run spacetime``: Parareal over P time groups × S space ranks on a PETSc DMDA, HDF5 out.
+
+``mpirun -n P·S paraflow-hpc run spacetime --space-ranks S --problem heat2d --nx 64 ...``. Every
+state is a DMDA Vec spread over S ranks (process grid ``process_grid(S)``); G and F are PETSc TS
+solvers configured from ``--petsc "-coarse_ts_type cn -fine_ksp_type cg ..."`` (prefixes
+``coarse_`` and ``fine_``; options nobody read are reported at the end, as ``-options_left`` does).
+The boundary states go to ``/solution/u`` (N, ny, nx), each rank writing its own box through
+parallel HDF5. Checkpoints restart bit-identically on the (P, S) layout that wrote them; another
+layout is refused by the CLI's checkpoint verification (exit 2, before any work). A failed TS
+solve or a non-finite update ends the run with NonFiniteError (exit 4) naming the first failure.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from mpi4py import MPI
+
+from ..algorithms.parareal_st import new_state, parareal_st, serial_fine_st
+from ..comm import NonFiniteError, Progress, Timers, block_partition, collective, space_time_split
+from ..config import RunConfig, option, require
+from ..io.results import write_result
+from ..problems.pde import PDE_PROBLEMS, petsc, process_grid
+from ..propagators_petsc import TS_TYPES, TSPropagator, insert_options, option_names, unused_options
+from .common import EXIT_PREEMPTED, CheckpointHook
+
+
+@dataclass
+class Config(RunConfig):
+    method = "spacetime"
+    problem: str = option("heat2d", "PDE on the unit square", choices=sorted(PDE_PROBLEMS))
+    space_ranks: int = option(1, "ranks S per state (the DMDA's communicator); P = world size / S time groups")
+    nx: int = option(32, "grid points in x")
+    ny: int = option(0, "grid points in y (0: nx)")
+    t0: Optional[float] = option(None, "start time (default: the problem's)")
+    tf: Optional[float] = option(None, "end time (default: the problem's)")
+    intervals: int = option(8, "number of time subintervals N (>= P; a whole multiple of P is best)")
+    coarse: str = option("beuler", "PETSc TS type of G (-coarse_ts_type overrides)", choices=list(TS_TYPES))
+    coarse_steps: int = option(1, "steps of G per subinterval")
+    fine: str = option("cn", "PETSc TS type of F (-fine_ts_type overrides)", choices=list(TS_TYPES))
+    fine_steps: int = option(16, "steps of F per subinterval")
+    petsc: str = option("", "PETSc options, one quoted string, prefixed coarse_ or fine_, e.g. "
+                            "\"-coarse_ts_type cn -fine_ksp_type cg -fine_pc_type gamg\"")
+    tol: float = option(1e-8, "stop when the max-norm update of all boundaries is <= tol")
+    k_max: int = option(0, "iteration limit (0: N, where Parareal is exact)")
+    reference: bool = option(True, "compute the sequential fine solution to record the error per iteration")
+
+    def validate(self, comm_size: int) -> None:
+        super().validate(comm_size)
+        require(self.space_ranks >= 1, f"space_ranks = {self.space_ranks}: must be >= 1")
+        require(comm_size % self.space_ranks == 0,
+                f"space_ranks = {self.space_ranks} does not divide the {comm_size} MPI ranks: the world is "
+                f"P time groups x S space ranks; use a divisor of {comm_size} or mpirun -n a multiple of "
+                f"{self.space_ranks}")
+        problem = PDE_PROBLEMS[self.problem]
+        t0 = problem.t0 if self.t0 is None else self.t0
+        tf = problem.tf if self.tf is None else self.tf
+        require(tf > t0, f"tf = {tf} must be greater than t0 = {t0}")
+        require(self.nx >= 1 and self.ny >= 0, f"nx = {self.nx}, ny = {self.ny}: need nx >= 1, ny >= 0")
+        px, py = process_grid(self.space_ranks)
+        ny = self.ny or self.nx
+        for axis, n, p in (("nx", self.nx, px), ("ny", ny, py)):
+            require(n >= p, f"{axis} = {n} is smaller than the {p} space ranks in that direction (process "
+                            f"grid {px} x {py} for space_ranks = {self.space_ranks}); use {axis} >= {p} "
+                            f"or fewer space ranks")
+        time_groups = comm_size // self.space_ranks
+        require(self.intervals >= time_groups,
+                f"intervals = {self.intervals} is smaller than the {time_groups} time groups "
+                f"({comm_size} ranks / space_ranks = {self.space_ranks}); use intervals >= {time_groups}")
+        for key in ("coarse_steps", "fine_steps"):
+            require(getattr(self, key) >= 1, f"{key} = {getattr(self, key)}: must be >= 1")
+        require(self.tol >= 0, f"tol = {self.tol}: must be >= 0")
+        require(self.k_max >= 0, f"k_max = {self.k_max}: must be >= 0 (0 means N)")
+        try:
+            tokens = shlex.split(self.petsc)
+        except ValueError as err:
+            require(False, f"petsc = {self.petsc!r} cannot be parsed ({err}); quote it as one string")
+        require(not tokens or tokens[0].startswith("-"),
+                f"petsc = {self.petsc!r}: PETSc options start with '-', e.g. \"-fine_ksp_type cg\"")
+
+    def resolved(self) -> dict:
+        problem = PDE_PROBLEMS[self.problem]
+        return {"t0": problem.t0 if self.t0 is None else self.t0,
+                "tf": problem.tf if self.tf is None else self.tf, "ny": self.ny or self.nx}
+
+    def identity(self) -> dict:
+        """What a checkpoint must match to be resumed: the options that define the solution, and
+        the layout (space_ranks; the world size is checked as the checkpoint's rank count), since
+        each rank's pieces of the states are stored as they are distributed."""
+        keys = ("problem", "nx", "intervals", "coarse", "coarse_steps", "fine", "fine_steps", "petsc",
+                "tol", "k_max", "reference", "space_ranks")
+        return {**{key: getattr(self, key) for key in keys}, **self.resolved()}
+
+    def checkpoint_spec(self, rank, nranks: int) -> dict:
+        """The arrays a checkpoint holds: world rank ``rank``'s pieces of the m + 1 boundaries and
+        the m values of G and F of its time group's block (local grid size: any), or the shared
+        histories (``rank == "root"``)."""
+        if rank == "root":
+            return {"jumps": ((None,), "f"), "errors": ((None,), "f")}
+        a, b = block_partition(self.intervals, nranks // self.space_ranks, rank // self.space_ranks)
+        return {"boundaries": ((b - a + 1, None), "f"), "coarse_old": ((b - a, None), "f"),
+                "fine": ((b - a, None), "f")}
+
+
+def layout_of(comm, space_ranks: int) -> dict:
+    px, py = process_grid(space_ranks)
+    return {"time_groups": comm.size // space_ranks, "space_ranks": space_ranks, "process_grid": [px, py]}
+
+
+def _describe(layout: dict) -> str:
+    px, py = layout["process_grid"]
+    return f"P = {layout['time_groups']} time groups x S = {layout['space_ranks']} space ranks (grid {px} x {py})"
+
+
+def make_solvers(comm, comm_space, cfg, layout: dict):
+    """(problem, G, F, u0) on ``comm_space``, set up under the collective guard of ``comm`` (the world).
+
+    ``cfg`` needs problem, nx, ny, t0, coarse, coarse_steps, fine, fine_steps (a :class:`Config`);
+    PETSc options must already be in the options database.
+    """
+    r = cfg.resolved()
+    with collective(comm, "PETSc set-up"):
+        problem = PDE_PROBLEMS[cfg.problem](comm_space, cfg.nx, r["ny"], tuple(layout["process_grid"]))
+        coarse = TSPropagator(problem, "coarse_", cfg.coarse, cfg.coarse_steps)
+        fine = TSPropagator(problem, "fine_", cfg.fine, cfg.fine_steps)
+        u0 = problem.initial()
+        probe = u0.duplicate()
+        problem.ifunction(None, r["t0"], u0, u0, probe)  # the first evaluation, inside the guard
+        probe.destroy()
+    return problem, coarse, fine, u0
+
+
+def main(cfg: Config, comm) -> int:
+    progress = Progress(comm, cfg.quiet)
+    r = cfg.resolved()
+    layout = layout_of(comm, cfg.space_ranks)
+    comm_time, comm_space = space_time_split(comm, cfg.space_ranks)
+    with collective(comm, "PETSc initialisation"):
+        PETSc = petsc(comm)
+        insert_options(PETSc, cfg.petsc)
+    problem, coarse, fine, u0 = make_solvers(comm, comm_space, cfg, layout)
+    times = np.linspace(r["t0"], r["tf"], cfg.intervals + 1)
+    progress(f"space-time Parareal on {comm.size} ranks = {_describe(layout)}: {problem.name} on "
+             f"{cfg.nx} x {r['ny']}, t in [{r['t0']}, {r['tf']}], N = {cfg.intervals}, "
+             f"G = {coarse.describe()}, F = {fine.describe()}")
+
+    def failed(what: str) -> NonFiniteError:
+        """Collective: ``what`` and the first TS failure message of any rank, to raise on every rank."""
+        messages = [m for m in comm.allgather(coarse.failure or fine.failure) if m]
+        return NonFiniteError(what + (f"; first TS failure: {messages[0]}" if messages else ""))
+
+    reference, serial_seconds = None, float("nan")
+    if cfg.reference:
+        ref_timers = Timers()
+        comm.Barrier()
+        reference = serial_fine_st(comm_time, fine, u0, times, ref_timers)
+        comm.Barrier()
+        serial_seconds = comm.allreduce(ref_timers.elapsed(), op=MPI.MAX)
+        if not comm.allreduce(int(np.isfinite(reference[-1].norm(PETSc.NormType.INFINITY))), op=MPI.MIN):
+            raise failed("the sequential fine solution is not finite")
+        progress(f"sequential fine solution (space-parallel on {cfg.space_ranks} ranks): {serial_seconds:.3f} s")
+
+    hook = CheckpointHook(comm, cfg, "spacetime", cfg.identity(), progress)
+    a, b = block_partition(cfg.intervals, comm_time.size, comm_time.rank)
+    resume = None
+    if cfg.restart:  # verified by the CLI: same options, world size and space_ranks
+        meta, arrays, root = hook.load(cfg.restart)
+        resume = new_state(int(meta["iteration"]), u0, b - a)
+        resume.load_arrays(arrays)
+        resume.jumps, resume.errors = list(root["jumps"]), list(root["errors"])
+        progress(f"restarting from {cfg.restart} after iteration {resume.k}")
+
+    def after_iteration(state) -> bool:
+        return hook(state.k, state.local_arrays,
+                    lambda: {"jumps": np.array(state.jumps), "errors": np.array(state.errors)}, meta=layout)
+
+    comm.Barrier()
+    run_timers = Timers()
+    try:
+        result = parareal_st(comm_time, coarse, fine, u0, times, tol=cfg.tol, k_max=cfg.k_max or cfg.intervals,
+                             reference=reference, resume=resume, after_iteration=after_iteration,
+                             progress=progress)
+    except FloatingPointError as err:  # raised on every rank alike, from the reduced update norm
+        raise failed(str(err)) from None
+    comm.Barrier()
+    parareal_seconds = comm.allreduce(run_timers.elapsed(), op=MPI.MAX)
+    if result.interrupted:
+        progress(f"stopped after iteration {result.iterations}; resume with --restart {cfg.checkpoint}")
+        return EXIT_PREEMPTED
+
+    exact_error, final_exact_error = _exact_errors(comm_time, problem, result.boundaries, times[a + 1:b + 1])
+    unused = unused_options(option_names(cfg.petsc))
+    if unused and comm.rank == 0:  # even with --quiet, as PETSc's -options_left
+        print(f"warning: PETSc options set but not used by G or F: {' '.join('-' + n for n in unused)} "
+              "(options need the coarse_ or fine_ prefix)", file=sys.stderr, flush=True)
+    attrs = {"iterations": result.iterations, "converged": result.converged, **layout,
+             "nx": cfg.nx, "ny": r["ny"], "serial_fine_seconds": serial_seconds,
+             "parareal_seconds": parareal_seconds, "speedup": serial_seconds / parareal_seconds,
+             "exact_error": exact_error, "final_exact_error": final_exact_error,
+             "petsc_options_unused": "unknown" if unused is None else " ".join(unused),
+             "restarted_from": cfg.restart, **coarse.solver_types(), **fine.solver_types()}
+    if hasattr(problem, "radius"):
+        last = comm_time.size - 1  # rank (last, 0) of the world has the final state's radius
+        radius = comm.bcast(problem.radius(result.boundaries[-1]) if comm_time.rank == last else None,
+                            root=last * cfg.space_ranks)
+        attrs.update(radius=radius, sharp_interface_radius=problem.sharp_interface_radius(r["tf"]))
+    ny_loc, nx_loc = problem.block_shape
+    field = np.array([u.getArray(readonly=True).reshape(ny_loc, nx_loc) for u in result.boundaries])
+    field = field.reshape(b - a, ny_loc, nx_loc)
+    counters = {**coarse.counters(), **fine.counters(), "ifunction_evaluations": problem.nfev,
+                "ijacobian_evaluations": problem.njev}
+    with collective(comm, f"writing result {cfg.output}"):
+        write_result(
+            comm, cfg.output, method="spacetime", config=cfg.as_dict(),
+            history={"update_norm": np.array([np.nan] + result.jumps), "error": np.array(result.errors, dtype=float)},
+            timings=result.timings, counters=counters,
+            blocks={"u": ((cfg.intervals, r["ny"], cfg.nx), (a, problem.ys, problem.xs), field)},
+            data={"times": times}, attrs=attrs)
+    progress(f"done: {result.iterations} iterations, converged = {result.converged}, final error vs "
+             f"sequential fine = {result.errors[-1] if result.errors else float('nan'):.3e}"
+             + (f", max error vs exact solution {exact_error:.3e}" if np.isfinite(exact_error) else "")
+             + f", time {parareal_seconds:.3f} s (sequential fine {serial_seconds:.3f} s); result written to "
+             f"{cfg.output}")
+    return 0
+
+
+def _exact_errors(comm_time, problem, boundaries: list, times: np.ndarray) -> tuple[float, float]:
+    """(max over the boundaries, at the final time) of the max-norm error against the exact solution;
+    NaN where the problem has none. Collective on the whole world."""
+    from petsc4py import PETSc
+
+    if problem.exact_values is None:
+        return float("nan"), float("nan")
+    exact = problem.create_vec()
+    errors = []
+    for u, t in zip(boundaries, times):
+        problem.exact(t, exact)
+        exact.aypx(-1.0, u)
+        errors.append(exact.norm(PETSc.NormType.INFINITY))
+    exact.destroy()
+    last = comm_time.size - 1
+    final = comm_time.bcast(errors[-1] if comm_time.rank == last else None, root=last)
+    return comm_time.allreduce(max(errors, default=0.0), op=MPI.MAX), final

@@ -1,0 +1,167 @@
+"""Space-time Parareal (P time groups x S space ranks, PETSc DMDA + TS) under a real mpirun.
+
+Exactness at k = N on every layout, iterates independent of the layout, the heat error against
+the exact solution at the time integrator's order, PETSc options reaching G and F separately,
+bad layouts refused, restart bit-identical and a changed layout refused.
+"""
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_cli, run_script
+
+pytestmark = pytest.mark.mpi
+
+LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]  # (P time groups, S space ranks)
+HEAT = ["--problem", "heat2d", "--nx", "6", "--ny", "5", "--intervals", "4", "--coarse-steps", "1",
+        "--fine-steps", "4"]
+ALLEN_CAHN = ["--problem", "allen-cahn", "--nx", "8", "--intervals", "8", "--fine", "beuler", "--fine-steps", "4",
+              "--tol", "3e-4"]
+
+
+def run_st(tmp_path, layout, args, name, timeout=240, check=True):
+    """``mpirun -n P*S paraflow-hpc run spacetime --space-ranks S ARGS``; returns (result dict, process)."""
+    p, s = layout
+    out = tmp_path / f"{name}.h5"
+    proc = run_cli(p * s, ["run", "spacetime", "--quiet", "--space-ranks", str(s), "--output", str(out), *args],
+                   timeout=timeout, check=check)
+    if proc.returncode != 0:
+        return None, proc
+    with h5py.File(out, "r") as f:
+        result = {"u": f["solution/u"][...], "update": f["history/update_norm"][...],
+                  "error": f["history/error"][...], "times": f["data/times"][...], **dict(f.attrs)}
+    return result, proc
+
+
+@pytest.fixture(scope="module")
+def heat_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("heat")
+    return {layout: run_st(tmp, layout, [*HEAT, "--tol", "0"], f"heat-{layout[0]}x{layout[1]}")[0]
+            for layout in LAYOUTS}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_k_equals_n_is_the_sequential_fine_solution(heat_runs, layout):
+    run = heat_runs[layout]
+    assert (run["time_groups"], run["space_ranks"]) == layout
+    assert run["iterations"] == 4 and run["converged"]
+    assert run["u"].shape == (4, 5, 6)
+    # error against this layout's sequential, space-parallel fine solution after the last iteration
+    assert run["error"][-1] <= 1e-14 * np.abs(run["u"]).max()
+    # and that fine solution is the same on every layout (to round-off: other space decompositions)
+    np.testing.assert_allclose(run["u"], heat_runs[(1, 1)]["u"], rtol=0, atol=1e-13)
+
+
+def test_heat_iterates_do_not_depend_on_the_layout(heat_runs):
+    base = heat_runs[(1, 1)]
+    assert base["error"][0] > 1e-3  # the coarse prediction is far from F: the iterates carry information
+    for layout in LAYOUTS[1:]:
+        run = heat_runs[layout]
+        np.testing.assert_allclose(run["update"][1:], base["update"][1:], rtol=1e-9)
+        np.testing.assert_allclose(run["error"], base["error"], rtol=1e-9, atol=1e-15)
+        assert run["exact_error"] == pytest.approx(base["exact_error"], rel=1e-10)
+
+
+def test_nonlinear_iteration_count_and_iterates_do_not_depend_on_the_layout(tmp_path):
+    runs = {layout: run_st(tmp_path, layout, ALLEN_CAHN, f"ac-{layout[0]}x{layout[1]}")[0]
+            for layout in [(1, 1), (2, 1), (1, 2)]}
+    base = runs[(1, 1)]
+    assert base["converged"] and 1 <= base["iterations"] < 8  # stopped by the tolerance, before k = N
+    assert base["update"][base["iterations"]] <= 3e-4 < base["update"][base["iterations"] - 1]
+    for run in runs.values():
+        assert run["iterations"] == base["iterations"]
+        np.testing.assert_allclose(run["update"][1:], base["update"][1:], rtol=1e-8)
+        np.testing.assert_allclose(run["u"], base["u"], rtol=0, atol=1e-10)
+    # the disc shrinks by mean curvature: R(t)^2 = R0^2 - 2t within a grid spacing of this 8 x 8 grid
+    assert abs(base["radius"] - base["sharp_interface_radius"]) < 1.0 / 8
+
+
+@pytest.mark.parametrize("scheme, order", [("beuler", 1.0), ("cn", 2.0)])
+def test_heat_error_shrinks_at_the_schemes_order(tmp_path, scheme, order):
+    errors = []
+    for steps in (4, 8, 16):
+        run, _ = run_st(tmp_path, (1, 1), ["--problem", "heat2d", "--nx", "5", "--intervals", "2", "--tol", "0",
+                                           "--coarse", "beuler", "--fine", scheme, "--fine-steps", str(steps)],
+                        f"{scheme}-{steps}")
+        errors.append(run["exact_error"])
+    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert abs(orders[-1] - order) < 0.15, (errors, orders)
+
+
+def test_petsc_options_reach_coarse_and_fine_separately(tmp_path):
+    options = "-coarse_ts_type cn -fine_ksp_type gmres -fine_pc_type jacobi -fine_ksp_rtol 1e-13 -ksp_type cg"
+    run, proc = run_st(tmp_path, (1, 2), [*HEAT, "--coarse", "beuler", "--fine", "beuler", "--petsc", options],
+                       "options")
+    assert (run["coarse_ts_type"], run["fine_ts_type"]) == ("cn", "beuler")
+    assert (run["coarse_ksp_type"], run["fine_ksp_type"]) == ("preonly", "gmres")
+    assert (run["coarse_pc_type"], run["fine_pc_type"]) == ("lu", "jacobi")
+    # an option without the coarse_/fine_ prefix reaches neither, and is reported
+    assert run["petsc_options_unused"] == "ksp_type"
+    assert proc.stderr.count("not used by G or F: -ksp_type") == 1
+    assert run["error"][-1] < 1e-10  # F's iterative solve still gives the sequential answer at k = N
+
+
+def _expect_bad_input(nranks, args, message, tmp_path):
+    proc = run_cli(nranks, ["run", "spacetime", "--quiet", "--output", str(tmp_path / "bad.h5"), *args],
+                   check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    return proc
+
+
+def test_world_size_not_divisible_by_space_ranks_is_refused(tmp_path):
+    proc = _expect_bad_input(3, ["--space-ranks", "2"], "space_ranks = 2 does not divide the 3 MPI ranks", tmp_path)
+    assert proc.stderr.count("error: ") == 1  # agreed by every rank, printed once, before any collective work
+
+
+def test_grid_smaller_than_the_space_ranks_is_refused(tmp_path):
+    _expect_bad_input(2, ["--space-ranks", "2", "--nx", "1"], "nx = 1 is smaller than the 2 space ranks", tmp_path)
+    _expect_bad_input(4, ["--space-ranks", "4", "--nx", "8", "--ny", "1"],
+                      "ny = 1 is smaller than the 2 space ranks", tmp_path)
+
+
+def test_failed_ts_solve_exits_4_naming_it(tmp_path):
+    _, proc = run_st(tmp_path, (2, 1), ["--problem", "allen-cahn", "--nx", "6", "--intervals", "2",
+                                        "--petsc", "-fine_snes_max_it 1"], "fail", check=False)
+    assert proc.returncode == 4 and proc.stderr.count("error: ") == 1
+    assert "fine TS (cn) failed on [0, 0.005]" in proc.stderr and "DIVERGED_NONLINEAR_SOLVE" in proc.stderr
+
+
+def test_restart_is_bit_identical_and_a_changed_layout_is_refused(tmp_path):
+    args = [*HEAT, "--intervals", "6", "--tol", "0", "--checkpoint-every", "2"]
+    full, _ = run_st(tmp_path, (2, 2), [*args, "--checkpoint", str(tmp_path / "ck.h5")], "full")
+    with h5py.File(tmp_path / "ck.h5", "r") as f:
+        assert '"iteration": 4' in f.attrs["meta"]  # the last checkpoint before k = N = 6
+    restarted, _ = run_st(tmp_path, (2, 2), [*args, "--restart", str(tmp_path / "ck.h5"),
+                                             "--checkpoint", str(tmp_path / "ck2.h5")], "restarted")
+    np.testing.assert_array_equal(restarted["u"], full["u"])
+    np.testing.assert_array_equal(restarted["update"], full["update"])
+    np.testing.assert_array_equal(restarted["error"], full["error"])
+    assert restarted["iterations"] == full["iterations"] == 6
+    # same world size, other split: refused, naming the layout that wrote it
+    _expect_bad_input(4, ["--space-ranks", "1", *args, "--restart", str(tmp_path / "ck.h5")],
+                      "has space_ranks = 2, this run has 1", tmp_path)
+    # other world size
+    _expect_bad_input(2, ["--space-ranks", "2", *args, "--restart", str(tmp_path / "ck.h5")],
+                      "written by 4 ranks", tmp_path)
+
+
+def test_bench_spacetime_writes_every_layout(tmp_path):
+    out = tmp_path / "bench.h5"
+    run_cli(2, ["bench", "spacetime", "--quiet", "--nx", "6", "--intervals", "2", "--fine-steps", "2",
+                "--output", str(out)], timeout=240)
+    with h5py.File(out, "r") as f:
+        assert list(f["data/space_ranks"][...]) == [2, 1]       # space-only first, then P = 2 x S = 1
+        assert list(f["data/time_groups"][...]) == [1, 2]
+        assert f["data/speedup"][0] == 1.0
+        assert np.all(f["data/model_seconds"][...] > 0) and np.all(f["data/tau_fine"][...] > 0)
+        assert f["data/error"][1] < 1e-8
+    table = (tmp_path / "bench.md").read_text()
+    assert "| 1 x 2 (space-only) |" in table and "| 2 x 1 |" in table
+    assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("nranks", [1, 2, 4])
+def test_space_time_split_and_result_boxes(tmp_path, nranks):
+    result = run_script(nranks, "space_time_layout.py", tmp_path, timeout=120)
+    assert result.stdout.count(": ok") == nranks
