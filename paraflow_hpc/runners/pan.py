@@ -17,8 +17,7 @@ from ..algorithms.pan import COUNTERS, PANDiverged, PANError, PANState, pan, run
 from ..comm import Progress, Timers, block_partition
 from ..config import RunConfig, option, require
 from ..io.results import write_result
-from ..problems.ivp import IVP_PROBLEMS
-from .common import EXIT_PREEMPTED, CheckpointHook
+from .common import EXIT_PREEMPTED, CheckpointHook, configured_problem, problem_args_option, problem_option
 
 EXIT_FAILED = 1  # SNES diverged or f misbehaved: the message says which and why
 
@@ -26,7 +25,8 @@ EXIT_FAILED = 1  # SNES diverged or f misbehaved: the message says which and why
 @dataclass
 class Config(RunConfig):
     method = "pan"
-    problem: str = option("spiral", "initial value problem", choices=sorted(IVP_PROBLEMS))
+    problem: str = problem_option("spiral", "ivp")
+    problem_args: dict = problem_args_option()
     t0: Optional[float] = option(None, "start time (default: the problem's)")
     tf: Optional[float] = option(None, "end time (default: the problem's)")
     subinterval: Optional[float] = option(None, "length of the consecutive subintervals "
@@ -45,7 +45,7 @@ class Config(RunConfig):
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
-        problem = IVP_PROBLEMS[self.problem]
+        problem = configured_problem(self, "ivp")
         t0 = problem.t0 if self.t0 is None else self.t0
         tf = problem.tf if self.tf is None else self.tf
         require(tf > t0, f"tf = {tf} must be greater than t0 = {t0}")
@@ -69,7 +69,7 @@ class Config(RunConfig):
                 f"petsc = {self.petsc!r}: PETSc options start with '-', e.g. \"-snes_type newtonls\"")
 
     def resolved(self) -> dict:
-        problem = IVP_PROBLEMS[self.problem]
+        problem = configured_problem(self, "ivp")
         return {"t0": problem.t0 if self.t0 is None else self.t0,
                 "tf": problem.tf if self.tf is None else self.tf,
                 "subinterval": problem.subinterval if self.subinterval is None else self.subinterval,
@@ -79,7 +79,7 @@ class Config(RunConfig):
 
     def identity(self) -> dict:
         """The options that define the solution: a checkpoint must match them to be resumed."""
-        keys = ("problem", "n_coeffs", "ls_max_it", "newton_max_it", "petsc")
+        keys = ("problem", "problem_args", "n_coeffs", "ls_max_it", "newton_max_it", "petsc")
         return {**{key: getattr(self, key) for key in keys}, **self.resolved()}
 
 
@@ -95,7 +95,7 @@ def reference_solution(comm, problem, t0: float, tf: float) -> np.ndarray:
 
 def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
-    problem = IVP_PROBLEMS[cfg.problem]()
+    problem = configured_problem(cfg, "ivp")
     r = cfg.resolved()
     times = subinterval_bounds(r["t0"], r["tf"], r["subinterval"])
     progress(f"PAN on {comm.size} ranks: {problem.name}, t in [{r['t0']}, {r['tf']}], {len(times) - 1} "
