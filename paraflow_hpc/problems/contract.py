@@ -263,8 +263,8 @@ def resolve(spec: str, kind: str):
             return _import_attr(spec, target, attr, False)
         return found
     if ":" not in spec:
-        raise ConfigError(f"problem {spec!r} is not a {METHODS[kind]} problem; choose one of "
-                          f"{', '.join(builtin_names(kind))}, or give package.module:name or path/to/file.py:name")
+        raise ConfigError(f"problem = {spec!r} is not allowed; choose one of: {', '.join(builtin_names(kind))} "
+                          f"({METHODS[kind]} built-ins), or give package.module:name or path/to/file.py:name")
     target, attr = spec.rsplit(":", 1)
     if not target or not attr:
         raise ConfigError(f"problem {spec!r}: expected package.module:name or path/to/file.py:name")
