@@ -123,7 +123,8 @@ def parse_mapping(name: str, raw) -> dict:
         try:
             value = json.loads(text)
         except ValueError as err:
-            raise ConfigError(f"{name} = {text!r} is not valid JSON ({err}); e.g. '{{\"a\": 1.0}}' or a=1.0,b=2") from None
+            raise ConfigError(f"{name} = {text!r} is not valid JSON ({err}); "
+                              "e.g. '{\"a\": 1.0}' or a=1.0,b=2") from None
         if not isinstance(value, dict):
             raise ConfigError(f"{name} = {text!r}: expected a JSON object")
         return value

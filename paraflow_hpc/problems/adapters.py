@@ -8,8 +8,8 @@
   or a PASO problem. Integer labels: the loss
   of a sample is the cross-entropy of the model's logits; float targets (n, k): half the squared
   error (:class:`~paraflow_hpc.problems.networks.ModelNetworkProblem`,
-  :class:`~paraflow_hpc.problems.models.ModelTrainingProblem`). The model is rebuilt from its factory under ``torch.manual_seed(seed)`` for the initial
-  weights, so they are a pure function of the seed.
+  :class:`~paraflow_hpc.problems.models.ModelTrainingProblem`). The model is rebuilt from its
+  factory under ``torch.manual_seed(seed)`` for the initial weights, a pure function of the seed.
 
 Objects already of the base classes pass unchanged; this module is :func:`load_problem`'s
 last step for built-ins and users' problems alike.
@@ -96,7 +96,8 @@ def complete(spec: str, kind: str, problem, data, factory, args: dict, context: 
                           "--data FILE (HDF5, NPZ or CSV; layout in docs/getting_started.md)")
     if data is not None and not is_model:
         raise ConfigError(f"problem {spec!r} brings its own data ({type(problem).__name__}); --data FILE needs a "
-                          "torch model: --problem path/to/model.py:Net (an nn.Module class or a function returning one)")
+                          "torch model: --problem path/to/model.py:Net (an nn.Module class or a function "
+                          "returning one)")
     if not is_model:
         return problem
     from .contract import CONTEXT

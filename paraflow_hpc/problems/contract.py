@@ -338,6 +338,8 @@ def load_problem(spec: str, kind: str, args: dict | None = None, *, data=None, c
         obj = resolve(spec, kind)
         if data is not None:
             context = {**context, "in_dim": data.in_dim, "out_dim": data.out_dim}
+        if _is_factory(obj) and data is None and kind in ("network", "training"):
+            _require_data(spec, obj, args)
         if _is_factory(obj):
             problem = call_factory(spec, obj, args, {k: v for k, v in context.items() if k in CONTEXT[kind]})
         else:
@@ -345,17 +347,36 @@ def load_problem(spec: str, kind: str, args: dict | None = None, *, data=None, c
                 raise ConfigError(f"problem {spec!r} is an object, not a class or function: it takes no "
                                   f"problem_args (given {args!r})")
             problem = obj
+        if kind in ("ode", "ivp"):  # what the user wrote must meet the contract, not only its adapter
+            _check_members(spec, kind, problem)
         from . import adapters
 
         problem = adapters.complete(spec, kind, problem, data, obj if _is_factory(obj) else None, args, context)
+    _check_members(spec, kind, problem)
+    if check:
+        probe(problem, kind, spec)
+    return problem
+
+
+def _require_data(spec: str, factory, args: dict) -> None:
+    """A model factory that needs the data's sizes (in_dim, out_dim) cannot run without --data."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    needs = [n for n in ("in_dim", "out_dim") if n in params and n not in args
+             and params[n].default is inspect.Parameter.empty]
+    if needs:
+        raise ConfigError(f"problem {spec!r} is a torch model: give the data to train it on with --data FILE "
+                          f"(it takes {' and '.join(needs)} from the data; layout in docs/getting_started.md)")
+
+
+def _check_members(spec: str, kind: str, problem) -> None:
     missing = missing_members(problem, kind)
     if missing:
         raise ConfigError(f"problem {spec!r} ({type(problem).__name__}) lacks {', '.join(missing)} of the "
                           f"{METHODS[kind]} contract (paraflow_hpc.problems.contract.{PROTOCOLS[kind].__name__}); "
                           "add them, or subclass the built-in base class")
-    if check:
-        probe(problem, kind, spec)
-    return problem
 
 
 # --- probing ------------------------------------------------------------------------------------
@@ -366,7 +387,8 @@ def _fail(spec: str, what: str, fix: str):
 def _finite_array(spec, what, value, shape=None, kinds="fc", fix="") -> np.ndarray:
     arr = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
     if arr.dtype.kind not in kinds:
-        _fail(spec, f"{what} has dtype {arr.dtype}", fix or f"return {'float' if kinds == 'f' else 'float or complex'} values")
+        _fail(spec, f"{what} has dtype {arr.dtype}",
+              fix or f"return {'float' if kinds == 'f' else 'float or complex'} values")
     if shape is not None and arr.shape != tuple(shape):
         _fail(spec, f"{what} has shape {arr.shape}, expected {tuple(shape)}", fix or "see the contract's shapes")
     if not np.all(np.isfinite(arr)):
@@ -416,7 +438,8 @@ def probe(problem, kind: str, spec: str = "") -> None:
         Y = torch.as_tensor(np.stack([y0, y0]), dtype=torch.float64)
         out = _call(spec, "f(t, Y) on 2 points", problem.f, t, Y)
         if not isinstance(out, torch.Tensor):
-            _fail(spec, f"f(t, Y) returned {type(out).__name__}", "return a torch tensor (PAN differentiates f with torch.func)")
+            _fail(spec, f"f(t, Y) returned {type(out).__name__}",
+                  "return a torch tensor (PAN differentiates f with torch.func)")
         _finite_array(spec, "f(t, Y) for Y of shape (2, L)", out, Y.shape, kinds="f",
                       fix="f takes t (m,) and Y (m, L) float64 tensors and returns (m, L): one row per point")
     elif kind == "network":
