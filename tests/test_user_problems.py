@@ -56,9 +56,9 @@ def test_user_ode_parareal_equals_serial_fine_and_repeats_from_the_file(tmp_path
 def test_user_ode_pan(tmp_path, nranks):
     out = tmp_path / "pan.h5"
     run_cli(nranks, ["run", "pan", "--problem", f"{PENDULUM}:PendulumBatched", "--problem-args", "tf=2",
-                     "--n-coeffs", "12", "--quiet", "--output", out], timeout=240)
+                     "--n-coeffs", "20", "--quiet", "--output", out], timeout=240)
     attrs, config, data = read(out)
-    assert attrs["error"] < 1e-6  # against DOP853 at 1e-13
+    assert attrs["error"] < 1e-7  # against DOP853 at 1e-13
     assert data["times"][-1] == 2.0 and len(data["times"]) == 3  # the class's subinterval = 1
 
 
@@ -67,9 +67,10 @@ def test_user_ode_pan(tmp_path, nranks):
 def test_user_model_paso_reproduces_torch_optim(tmp_path, nranks):
     out = tmp_path / "paso.h5"
     run_cli(nranks, ["run", "paso", "--problem", MLP, "--data", MOONS, "--optimizer", "adam", "--lr", "0.01",
-                     "--steps", "40", "--window", "4", "--batch", "16", "--quiet", "--output", out], timeout=240)
+                     "--steps", "40", "--window", "4", "--batch", "16", "--tol-adapt", "fixed", "--tol", "1e-12",
+                     "--quiet", "--output", out], timeout=240)
     attrs, config, _ = read(out)
-    assert attrs["final_max_abs_diff"] < 1e-4 and attrs["iterations"] < 40
+    assert attrs["final_max_abs_diff"] < 1e-5 and attrs["iterations"] < 40  # torch.optim's w_T, in fewer steps
     assert attrs["paso_test_accuracy"] > 0.7  # moons.npz's own test split
     assert config["data"] == MOONS
 
