@@ -171,6 +171,39 @@ def test_entry_point_adds_a_problem(tmp_path, monkeypatch):
     monkeypatch.setattr(contract, "_REGISTRY", None)
 
 
+def test_a_new_method_defines_its_kind(monkeypatch):
+    """define_kind: a new method's problems (e.g. PDEs) go through the same door and probe."""
+    from typing import Protocol
+
+    from paraflow_hpc.problems import contract
+
+    class Grid(Protocol):
+        n: int
+
+    def check(problem, spec):
+        if problem.n < 2:
+            contract._fail(spec, f"n = {problem.n}", "use n >= 2")
+
+    class Heat:
+        def __init__(self, n=8):
+            self.n = n
+
+    saved = {name: dict(getattr(contract, name)) for name in ("METHODS", "PROTOCOLS", "CONTEXT", "PROBES")}
+    monkeypatch.setattr(contract, "KINDS", contract.KINDS)
+    monkeypatch.setattr(contract, "_REGISTRY", None)
+    try:
+        contract.define_kind("pde", "space-time", Grid, probe=check)
+        contract.register("pde", "heat", Heat)
+        assert contract.load_problem("heat", "pde", {"n": 4}).n == 4
+        with pytest.raises(ConfigError, match="problem 'heat': n = 1; use n >= 2"):
+            contract.load_problem("heat", "pde", {"n": 1})
+    finally:
+        for name, table in saved.items():
+            getattr(contract, name).clear()
+            getattr(contract, name).update(table)
+        monkeypatch.setattr(contract, "_REGISTRY", None)
+
+
 # --- data files ---------------------------------------------------------------------------------
 def test_data_files_in_every_format_give_the_same_set(tmp_path):
     from paraflow_hpc.io.datafile import read_data

@@ -34,7 +34,9 @@ kind       methods                               protocol
 
 For ``network`` and ``training`` the factory may instead return a ``torch.nn.Module``: the
 model is then trained on the data of ``--data FILE`` (:mod:`paraflow_hpc.io.datafile`) by the
-method's adapter (:mod:`paraflow_hpc.problems.adapters`).
+method's adapter (:mod:`paraflow_hpc.problems.adapters`). A new method with a new kind of
+problem adds it with :func:`define_kind`; one that reuses a kind (MGRIT: ``ode``) loads its
+problems with ``runners.common.configured_problem(cfg, kind)``.
 """
 from __future__ import annotations
 
@@ -200,17 +202,6 @@ def registry() -> dict[str, dict[str, object]]:
 
 def builtin_names(kind: str) -> list[str]:
     return sorted(registry()[kind])
-
-
-def describe_choices(kind: str) -> str:
-    """Help text of a ``problem`` option."""
-    return (f"{METHODS[kind]} problem: one of {', '.join(builtin_names(kind))}, or package.module:name, "
-            "or path/to/file.py:name (constructor arguments: --problem-args)")
-
-
-def label(spec: str) -> str:
-    """A short name for file names: the built-in name, or the attribute after the last ':'."""
-    return spec.rsplit(":", 1)[-1] if ":" in spec else spec
 
 
 # --- resolving a spec ---------------------------------------------------------------------------
@@ -405,6 +396,95 @@ def _call(spec: str, what: str, fn, *args):
         _fail(spec, f"{what} raised {type(err).__name__}: {err}", "fix the problem's code")
 
 
+def _time_span(spec: str, problem) -> None:
+    for key in ("t0", "tf"):
+        try:
+            value = float(getattr(problem, key))
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not np.isfinite(value):
+            _fail(spec, f"{key} = {getattr(problem, key)!r} is not a finite number", f"set {key} to a float")
+
+
+def _probe_ode(problem, spec: str) -> None:
+    _time_span(spec, problem)
+    y0 = _finite_array(spec, "y0()", _call(spec, "y0()", problem.y0))
+    if y0.ndim != 1 or y0.size == 0:
+        _fail(spec, f"y0() has shape {y0.shape}", "return a non-empty 1-D array (n,)")
+    _finite_array(spec, f"f(t0, y0) (y0 of shape {y0.shape})", _call(spec, "f(t0, y0)", problem.f,
+                  float(problem.t0), y0.copy()), y0.shape, fix="return an array of y's shape with finite values")
+
+
+def _probe_ivp(problem, spec: str) -> None:
+    import torch
+
+    _time_span(spec, problem)
+    y0 = _finite_array(spec, "y0", problem.y0, kinds="f")
+    if y0.ndim != 1 or y0.size == 0:
+        _fail(spec, f"y0 has shape {y0.shape}", "give a non-empty 1-D float array (L,)")
+    t = torch.full((2,), float(problem.t0), dtype=torch.float64)
+    Y = torch.as_tensor(np.stack([y0, y0]), dtype=torch.float64)
+    out = _call(spec, "f(t, Y) on 2 points", problem.f, t, Y)
+    if not isinstance(out, torch.Tensor):
+        _fail(spec, f"f(t, Y) returned {type(out).__name__}",
+              "return a torch tensor (PAN differentiates f with torch.func)")
+    _finite_array(spec, "f(t, Y) for Y of shape (2, L)", out, Y.shape, kinds="f",
+                  fix="f takes t (m,) and Y (m, L) float64 tensors and returns (m, L): one row per point")
+
+
+def _probe_network(problem, spec: str) -> None:
+    import torch
+
+    n, d = int(problem.n_samples), int(problem.n_params)
+    if n < 1 or d < 1:
+        _fail(spec, f"n_samples = {n}, n_params = {d}", "both must be >= 1")
+    W = _call(spec, "initial_weights(0)", problem.initial_weights, 0)
+    _finite_array(spec, "initial_weights(0)", W, (d,), kinds="f")
+    idx = torch.arange(min(n, 2), device=W.device)
+    value, grad = _call(spec, "value_and_grad(W0, first samples)", problem.value_and_grad, W, idx)
+    _finite_array(spec, "the loss at W0", value, ())
+    _finite_array(spec, "the gradient at W0", grad, (d,), kinds="f")
+
+
+def _probe_training(problem, spec: str) -> None:
+    import torch
+
+    d = int(problem.n_params)
+    w0 = _finite_array(spec, "initial_weights()", _call(spec, "initial_weights()", problem.initial_weights),
+                       (d,), kinds="f")
+    first, again = _call(spec, "batch(0)", problem.batch, 0), _call(spec, "batch(0)", problem.batch, 0)
+    if not all(torch.equal(a, b) for a, b in zip(first, again)):
+        _fail(spec, "batch(0) differs between two calls", "step t's batch must be a pure function of (seed, t): "
+              "draw it from np.random.default_rng([seed, t]) (TrainingProblem.step_rng)")
+    grads, losses = _call(spec, "window_gradients(w0, [0])", problem.window_gradients, w0[None], [0])
+    _finite_array(spec, "the batch loss of step 0 at w0", losses, (1,), kinds="f")
+    _finite_array(spec, "the gradient of step 0 at w0", grads, (1, d), kinds="f")
+    ev = _call(spec, "evaluate(w0)", problem.evaluate, w0)
+    if not isinstance(ev, dict) or "train_loss" not in ev or "test_accuracy" not in ev:
+        _fail(spec, f"evaluate(w0) returned {ev!r}", "return {'train_loss': float, 'test_accuracy': float}")
+
+
+def _probe_dataset(problem, spec: str) -> None:
+    x, y = _finite_array(spec, "x_train", problem.x_train, kinds="f"), np.asarray(problem.y_train)
+    xt, yt = _finite_array(spec, "x_test", problem.x_test, kinds="f"), np.asarray(problem.y_test)
+    c = problem.n_classes
+    if not isinstance(c, (int, np.integer)) or c < 2:
+        _fail(spec, f"n_classes = {c!r}", "a classification set needs n_classes >= 2 (integer labels)")
+    for name, xs, ys in (("train", x, y), ("test", xt, yt)):
+        if xs.ndim != 2 or xs.shape[0] < 1 or ys.shape != (xs.shape[0],):
+            _fail(spec, f"x_{name} {xs.shape} and y_{name} {ys.shape} do not fit",
+                  f"x_{name} must be (N, d) with N >= 1 and y_{name} (N,)")
+        if ys.dtype.kind not in "iu" or ys.min() < 0 or ys.max() >= c:
+            _fail(spec, f"y_{name} must hold integer labels 0..{c - 1} (dtype {ys.dtype}, "
+                  f"range {ys.min()}..{ys.max()})", "give integer class labels")
+    if xt.shape[1] != x.shape[1]:
+        _fail(spec, f"x_test has {xt.shape[1]} features, x_train {x.shape[1]}", "use the same features")
+
+
+PROBES = {"ode": _probe_ode, "ivp": _probe_ivp, "network": _probe_network, "training": _probe_training,
+          "dataset": _probe_dataset}
+
+
 def probe(problem, kind: str, spec: str = "") -> None:
     """Evaluate ``problem`` once where its method will: shapes, dtypes, finiteness. ConfigError if wrong.
 
@@ -414,76 +494,22 @@ def probe(problem, kind: str, spec: str = "") -> None:
     spec = spec or getattr(problem, "name", type(problem).__name__)
     counters = {k: getattr(problem, k) for k in ("nfev", "gradient_evaluations", "loss_evaluations")
                 if isinstance(getattr(problem, k, None), int)}
-    for key in ("t0", "tf"):
-        if kind in ("ode", "ivp"):
-            try:
-                value = float(getattr(problem, key))
-            except (TypeError, ValueError):
-                value = float("nan")
-            if not np.isfinite(value):
-                _fail(spec, f"{key} = {getattr(problem, key)!r} is not a finite number", f"set {key} to a float")
-    if kind == "ode":
-        y0 = _finite_array(spec, "y0()", _call(spec, "y0()", problem.y0))
-        if y0.ndim != 1 or y0.size == 0:
-            _fail(spec, f"y0() has shape {y0.shape}", "return a non-empty 1-D array (n,)")
-        _finite_array(spec, f"f(t0, y0) (y0 of shape {y0.shape})", _call(spec, "f(t0, y0)", problem.f,
-                      float(problem.t0), y0.copy()), y0.shape, fix="return an array of y's shape with finite values")
-    elif kind == "ivp":
-        import torch
-
-        y0 = _finite_array(spec, "y0", problem.y0, kinds="f")
-        if y0.ndim != 1 or y0.size == 0:
-            _fail(spec, f"y0 has shape {y0.shape}", "give a non-empty 1-D float array (L,)")
-        t = torch.full((2,), float(problem.t0), dtype=torch.float64)
-        Y = torch.as_tensor(np.stack([y0, y0]), dtype=torch.float64)
-        out = _call(spec, "f(t, Y) on 2 points", problem.f, t, Y)
-        if not isinstance(out, torch.Tensor):
-            _fail(spec, f"f(t, Y) returned {type(out).__name__}",
-                  "return a torch tensor (PAN differentiates f with torch.func)")
-        _finite_array(spec, "f(t, Y) for Y of shape (2, L)", out, Y.shape, kinds="f",
-                      fix="f takes t (m,) and Y (m, L) float64 tensors and returns (m, L): one row per point")
-    elif kind == "network":
-        import torch
-
-        n, d = int(problem.n_samples), int(problem.n_params)
-        if n < 1 or d < 1:
-            _fail(spec, f"n_samples = {n}, n_params = {d}", "both must be >= 1")
-        W = _call(spec, "initial_weights(0)", problem.initial_weights, 0)
-        _finite_array(spec, "initial_weights(0)", W, (d,), kinds="f")
-        idx = torch.arange(min(n, 2), device=W.device)
-        value, grad = _call(spec, "value_and_grad(W0, first samples)", problem.value_and_grad, W, idx)
-        _finite_array(spec, "the loss at W0", value, ())
-        _finite_array(spec, "the gradient at W0", grad, (d,), kinds="f")
-    elif kind == "training":
-        d = int(problem.n_params)
-        w0 = _finite_array(spec, "initial_weights()", _call(spec, "initial_weights()", problem.initial_weights),
-                           (d,), kinds="f")
-        first, again = _call(spec, "batch(0)", problem.batch, 0), _call(spec, "batch(0)", problem.batch, 0)
-        import torch
-
-        if not all(torch.equal(a, b) for a, b in zip(first, again)):
-            _fail(spec, "batch(0) differs between two calls", "step t's batch must be a pure function of (seed, t): "
-                  "draw it from np.random.default_rng([seed, t]) (TrainingProblem.step_rng)")
-        grads, losses = _call(spec, "window_gradients(w0, [0])", problem.window_gradients, w0[None], [0])
-        _finite_array(spec, "the batch loss of step 0 at w0", losses, (1,), kinds="f")
-        _finite_array(spec, "the gradient of step 0 at w0", grads, (1, d), kinds="f")
-        ev = _call(spec, "evaluate(w0)", problem.evaluate, w0)
-        if not isinstance(ev, dict) or "train_loss" not in ev or "test_accuracy" not in ev:
-            _fail(spec, f"evaluate(w0) returned {ev!r}", "return {'train_loss': float, 'test_accuracy': float}")
-    elif kind == "dataset":
-        x, y = _finite_array(spec, "x_train", problem.x_train, kinds="f"), np.asarray(problem.y_train)
-        xt, yt = _finite_array(spec, "x_test", problem.x_test, kinds="f"), np.asarray(problem.y_test)
-        c = problem.n_classes
-        if not isinstance(c, (int, np.integer)) or c < 2:
-            _fail(spec, f"n_classes = {c!r}", "a classification set needs n_classes >= 2")
-        for name, xs, ys in (("train", x, y), ("test", xt, yt)):
-            if xs.ndim != 2 or xs.shape[0] < 1 or ys.shape != (xs.shape[0],):
-                _fail(spec, f"x_{name} {xs.shape} and y_{name} {ys.shape} do not fit",
-                      f"x_{name} must be (N, d) with N >= 1 and y_{name} (N,)")
-            if ys.dtype.kind not in "iu" or ys.min() < 0 or ys.max() >= c:
-                _fail(spec, f"y_{name} must hold integer labels 0..{c - 1} (dtype {ys.dtype}, "
-                      f"range {ys.min()}..{ys.max()})", "give integer class labels")
-        if xt.shape[1] != x.shape[1]:
-            _fail(spec, f"x_test has {xt.shape[1]} features, x_train {x.shape[1]}", "use the same features")
+    check = PROBES.get(kind)
+    if check is not None:
+        check(problem, spec)
     for key, value in counters.items():
         setattr(problem, key, value)
+
+
+def define_kind(kind: str, method: str, protocol, context: tuple = (), probe=None) -> None:
+    """A new kind of problem for a new method (e.g. a PETSc PDE for space-time): its protocol, the
+    context keywords its factories may take, and ``probe(problem, spec)`` raising ConfigError
+    (:func:`_fail`) when an evaluation is wrong. Call at import of the method's runner."""
+    global KINDS
+    if kind not in KINDS:
+        KINDS = (*KINDS, kind)
+    METHODS[kind], PROTOCOLS[kind], CONTEXT[kind] = method, protocol, tuple(context)
+    if probe is not None:
+        PROBES[kind] = probe
+    if _REGISTRY is not None:
+        _REGISTRY.setdefault(kind, {})
