@@ -69,7 +69,8 @@ class Config(BenchConfig):
         for name in self.problems:
             require(name in PROBLEMS or name == self.problem,
                     f"problems: {name!r} is unknown; choose from {', '.join(sorted(PROBLEMS))} or give --problem")
-        n_samples = {name: make_problem(self, name, check=True).n_samples for name in {*self.problems, self.race_problem}}
+        n_samples = {name: make_problem(self, name, check=True).n_samples
+                     for name in {*self.problems, self.race_problem}}
         for batch in self.batches:
             require(batch in ("full", "half") or batch.isdigit() and int(batch) >= 1,
                     f"batches: {batch!r} must be full, half or a positive integer")

@@ -15,8 +15,10 @@ one backward pass through the weighted sum (= the sum of the per-sample gradient
 compare at.
 
 To add a problem: subclass :class:`NetworkProblem`, set ``layers`` and the data in
-``__init__``, override ``_groups`` if P_i is not the identity, and add the class
-to ``PROBLEMS``.
+``__init__``, override ``_groups`` if P_i is not the identity, and run it with
+``--problem path/to/file.py:Class`` (a built-in is also registered in
+:mod:`paraflow_hpc.problems.builtin`). A torch model with ``--data`` becomes a
+:class:`ModelNetworkProblem`.
 """
 from __future__ import annotations
 
