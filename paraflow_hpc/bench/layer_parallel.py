@@ -91,7 +91,8 @@ def _idle_until_done(comm) -> None:
 
 
 def _run_config(cfg: Config, scheme: str, depth: int, coupling: str, coarse_iterations: int):
-    return runner.Config(problem=cfg.problem, problem_args=cfg.problem_args, data=cfg.data, samples=cfg.samples, depth=depth, width=cfg.width,
+    return runner.Config(problem=cfg.problem, problem_args=cfg.problem_args, data=cfg.data, samples=cfg.samples,
+                         depth=depth, width=cfg.width,
                          final_time=cfg.final_time, scheme=scheme, coupling=coupling,
                          coarse_iterations=coarse_iterations, iterations=cfg.iterations, lr=cfg.lr,
                          batch_size=cfg.batch_size, window=cfg.window, ridge=cfg.ridge,

@@ -214,15 +214,15 @@ def merged_markdown(paths: list[str]) -> str:
             race = json.loads(f.attrs["race"]) if f.attrs["race"] else race
     if len(settings) > 1:
         raise ValueError(f"the files differ in (N_G, selection, seed): {sorted(settings)}; merge like with like")
-    order = list(PROBLEMS)
     all_n_fs = sorted({n for row in by_key.values() for n in row["R"]})
-    rows = sorted(by_key.values(), key=lambda r: (order.index(r["problem"]) if r["problem"] in order else len(order), r["batch"] != "full", r["batch"],
+    rank = {name: i for i, name in enumerate(PROBLEMS)}  # a user's problem after the paper's
+    rows = sorted(by_key.values(), key=lambda r: (rank.get(r["problem"], len(rank)), r["batch"] != "full", r["batch"],
                                                   -r["eta"], r["budget"]))
     for row in rows:
         row["R"] = [row["R"].get(n) for n in all_n_fs]
     n_g, selection, _ = settings.pop()
-    cfg = SimpleNamespace(problems=[p for p in order if p in {r["problem"] for r in rows}], n_fs=all_n_fs,
-                          n_g=n_g, selection=selection)
+    problems = sorted({r["problem"] for r in rows}, key=lambda p: (rank.get(p, len(rank)), p))
+    cfg = SimpleNamespace(problems=problems, n_fs=all_n_fs, n_g=n_g, selection=selection)
     return markdown(cfg, rows, paper_tables(), race, f"merged from {len(paths)} result files")
 
 

@@ -1,6 +1,7 @@
 """``paraflow-hpc run layer-parallel``: layer-parallel ResNet training, one rank per block of layers."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,15 +72,20 @@ class Config(RunConfig):
                 f"MPI ranks: every rank needs at least one; use depth >= {comm_size * (2 if coarse else 1)} "
                 "or fewer ranks")
 
+    def default_output(self) -> str:
+        if self.data:
+            return os.path.join("results", f"layer-parallel-{os.path.splitext(os.path.basename(self.data))[0]}.h5")
+        return super().default_output()
+
     def load_dataset(self):
         """The data set (``--data`` or the problem), loaded and checked once."""
         return configured_problem(self, "dataset", n_samples=self.samples, seed=self.seed)
 
     def identity(self) -> dict:
         """The options that define the iterates: a checkpoint must match them to be resumed."""
-        keys = ("problem", "problem_args", "data", "samples", "seed", "depth", "width", "final_time", "scheme", "coupling",
-                "coarse_iterations", "coarse_lr", "iterations", "lr", "batch_size", "weight_decay", "window",
-                "ridge", "regression_by_class", "eval_every", "dtype")
+        keys = ("problem", "problem_args", "data", "samples", "seed", "depth", "width", "final_time", "scheme",
+                "coupling", "coarse_iterations", "coarse_lr", "iterations", "lr", "batch_size", "weight_decay",
+                "window", "ridge", "regression_by_class", "eval_every", "dtype")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -108,7 +114,7 @@ def main(cfg: Config, comm) -> int:
     coarse = cfg.coupling == "regression" and cfg.coarse_iterations > 0
     check_partition(spec.depth, comm.size, coarse)
     start, stop = layer_block(spec.depth, comm.size, comm.rank, coarse)
-    progress(f"layer-parallel on {comm.size} ranks ({device.type}): {cfg.problem}, {cfg.scheme} ResNet, "
+    progress(f"layer-parallel on {comm.size} ranks ({device.type}): {cfg.data or cfg.problem}, {cfg.scheme} ResNet, "
              f"depth {cfg.depth}, width {cfg.width}, coupling {cfg.coupling}, "
              f"{'coarse prediction H = %d' % cfg.coarse_iterations if coarse else 'single-level'}")
 
