@@ -118,6 +118,23 @@ def test_user_problem_in_a_benchmark(tmp_path):
     assert (tmp_path / "bench.md").read_text().count("pendulum.py:Pendulum") == 1
 
 
+@pytest.mark.mpi
+@pytest.mark.parametrize("bench, options, column", [
+    ("paso", ["--problem", MLP, "--data", MOONS, "--optimizers", "sgd", "--steps", "20", "--sweep-windows", "",
+              "--ackley-steps", "0", "--rules-problem", ""], "tiny_mlp.py:TinyMLP | sgd"),
+    ("paraflows", ["--problem", MLP, "--data", MOONS, "--etas", "0.1", "--budgets", "2000", "--n-fs", "10",
+                   "--race-eta", "0.1", "--race-budget", "2000"], "| full | 0.1 | 2e+03 |"),
+    ("layer-parallel", ["--data", RINGS, "--depths", "4", "--schemes", "verlet", "--variants", "single-level",
+                        "--iterations", "20"], "| verlet | 4 | single-level |"),
+])
+def test_user_problem_in_every_training_benchmark(tmp_path, bench, options, column):
+    out = tmp_path / "bench.h5"
+    run_cli(2, ["bench", bench, *options, "--quiet", "--output", out], timeout=300)
+    _, config, _ = read(out)
+    assert column in (tmp_path / "bench.md").read_text()
+    assert config["data"] in (MOONS, RINGS)
+
+
 # --- built-ins through the same door --------------------------------------------------------------
 def test_builtin_parameters_are_settable():
     from paraflow_hpc.runners import parareal

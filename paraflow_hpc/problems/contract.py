@@ -219,14 +219,14 @@ def _import_attr(spec: str, target: str, attr: str, from_file: bool):
             sys.modules[module_name] = module  # pickling (mpi4py's bcast) finds classes defined there
             try:
                 loader_spec.loader.exec_module(module)
-            except BaseException as err:
+            except (Exception, SystemExit) as err:
                 del sys.modules[module_name]
                 raise ConfigError(f"problem {spec!r}: running {target!r} failed: {type(err).__name__}: {err}; "
                                   "fix the file (run `python " + target + "` to see the traceback)") from None
     else:
         try:
             module = importlib.import_module(target)
-        except BaseException as err:
+        except (Exception, SystemExit) as err:
             raise ConfigError(f"problem {spec!r}: module {target!r} does not import ({type(err).__name__}: "
                               f"{err}); install it, put its directory on PYTHONPATH, or give "
                               "path/to/file.py:name") from None
