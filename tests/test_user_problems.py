@@ -242,7 +242,7 @@ def test_data_files_in_every_format_give_the_same_set(tmp_path):
 
 
 # --- bad problems and data: exit 2 on every rank, one message ----------------------------------------
-BAD_ODE = {
+BAD_FILES = {
     "nof.py": "import numpy as np\nclass P:\n    t0, tf = 0.0, 1.0\n    def y0(self):\n        return np.ones(2)\n",
     "shape.py": "import numpy as np\nclass P:\n    t0, tf = 0.0, 1.0\n    def y0(self):\n        return np.ones(2)\n"
                 "    def f(self, t, y):\n        return np.ones(3)\n",
@@ -251,12 +251,18 @@ BAD_ODE = {
     "raises.py": "raise RuntimeError('broken on purpose')\n",
     "numpyf.py": "import numpy as np\nclass P:\n    t0, tf = 0.0, 1.0\n    y0 = np.ones(2)\n"
                  "    def f(self, t, Y):\n        return np.asarray(Y)\n",
-    "impure.py": "import numpy as np, torch\nfrom torch import nn\nfrom paraflow_hpc.problems.models import TrainingProblem\n"
-                 "class P(TrainingProblem):\n    def __init__(self, seed, batch, device='cpu'):\n"
-                 "        super().__init__(nn.Linear(2, 2), seed, batch, device)\n        self.calls = 0\n"
-                 "        self.train_set = self.test_set = (torch.zeros(4, 2, dtype=torch.float64), torch.zeros(4, dtype=torch.int64))\n"
-                 "    def batch(self, step):\n        self.calls += 1\n"
-                 "        return torch.full((2, 2), float(self.calls), dtype=torch.float64), torch.zeros(2, dtype=torch.int64)\n",
+    "impure.py": textwrap.dedent("""
+        import torch
+        from torch import nn
+        from paraflow_hpc.problems.models import TrainingProblem
+        class P(TrainingProblem):
+            def __init__(self, seed, batch, device="cpu"):
+                super().__init__(nn.Linear(2, 2), seed, batch, device)
+                self.calls = 0
+            def batch(self, step):  # not a pure function of (seed, step)
+                self.calls += 1
+                return torch.full((2, 2), float(self.calls), dtype=torch.float64), torch.zeros(2, dtype=torch.int64)
+    """),
 }
 
 
@@ -295,7 +301,7 @@ CASES = [  # (method, options, message)
 @pytest.mark.mpi
 @pytest.mark.parametrize("method, options, message", CASES, ids=[c[2][:40] for c in CASES])
 def test_bad_problem_ends_every_rank_with_one_message(tmp_path, method, options, message):
-    for name, text in BAD_ODE.items():
+    for name, text in BAD_FILES.items():
         (tmp_path / name).write_text(text)
     _bad_data(tmp_path)
     proc = run_cli(2, ["run", method, *options, "--output", tmp_path / "x.h5"], check=False, timeout=120,

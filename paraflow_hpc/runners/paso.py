@@ -76,7 +76,8 @@ class Config(RunConfig):
     def identity(self) -> dict:
         """The options that define the trajectory and the iteration: a checkpoint must match them."""
         keys = ("problem", "problem_args", "data", "optimizer", "steps", "window", "lr", "lr_schedule", "batch",
-                "momentum", "beta1", "beta2", "eps", "weight_decay", "clip_norm", "tol", "tol_adapt", "ema_decay", "reference", "seed")
+                "momentum", "beta1", "beta2", "eps", "weight_decay", "clip_norm", "tol", "tol_adapt", "ema_decay",
+                "reference", "seed")
         return {key: getattr(self, key) for key in keys}
 
     def optimizer_spec(self) -> OptimizerSpec:
