@@ -278,7 +278,7 @@ CASES = [  # (method, options, message)
     ("parareal", ["--problem", "no_such_module_xyz:P"], "module 'no_such_module_xyz' does not import"),
     ("parareal", ["--problem", "missing.py:P"], "the file 'missing.py' does not exist"),
     ("parareal", ["--problem", f"{PENDULUM}:Nope"], "has no 'Nope'; it defines: "),
-    ("parareal", ["--problem", "nof.py:P"], "lacks f of the Parareal contract"),
+    ("parareal", ["--problem", "nof.py:P"], "lacks f of the Parareal/MGRIT contract"),
     ("parareal", ["--problem", "shape.py:P"], "has shape (3,), expected (2,)"),
     ("parareal", ["--problem", "nan.py:P"], "is not finite"),
     ("parareal", ["--problem", "raises.py:P"], "running 'raises.py' failed: RuntimeError: broken on purpose"),

@@ -52,7 +52,7 @@ import numpy as np
 from ..config import ConfigError
 
 KINDS = ("ode", "ivp", "network", "training", "dataset")
-METHODS = {"ode": "Parareal", "ivp": "PAN", "network": "ParaFlow/ParaFlowS", "training": "PASO",
+METHODS = {"ode": "Parareal/MGRIT", "ivp": "PAN", "network": "ParaFlow/ParaFlowS", "training": "PASO",
            "dataset": "layer-parallel"}
 # Context keywords each kind's factories may take (passed only where the signature names them).
 CONTEXT = {"ode": (), "ivp": (), "network": ("reduction", "device", "in_dim", "out_dim"),
