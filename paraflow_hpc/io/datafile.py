@@ -28,7 +28,7 @@ from ..config import ConfigError
 from ..problems.datasets import Dataset
 
 NAMES = ("x", "y", "x_test", "y_test")
-LAYOUT = "docs/getting_started.md, 'Your own data'"
+LAYOUT = "docs/getting_started.md, 'The data file layout'"
 
 
 def _bad(path: str, what: str, fix: str = f"see the layout in {LAYOUT}"):
