@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The main job: set up the stack if needed, then a real 2-rank Parareal run of the
 # embedded default problem (Lorenz, N = 180, G = 1 RK4 step, F = 80 RK4 steps),
-# which writes results/parareal-lorenz.h5 and prints a summary.
+# which writes results/parareal-lorenz.h5 (replacing the one of an earlier run: --overwrite)
+# and prints a summary.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash jobs/setup.sh
 source jobs/mpi-env.sh
-mpirun -n "${NRANKS:-2}" .venv/bin/paraflow-hpc run parareal --problem lorenz --output results/parareal-lorenz.h5 "$@"
+[ ! -f results/parareal-lorenz.h5 ] || echo "main.sh: replacing results/parareal-lorenz.h5 of an earlier run (--overwrite)"
+mpirun -n "${NRANKS:-2}" .venv/bin/paraflow-hpc run parareal --problem lorenz --output results/parareal-lorenz.h5 \
+       --overwrite "$@"
 .venv/bin/python - <<'PY'
 import h5py
 with h5py.File("results/parareal-lorenz.h5", "r") as f:

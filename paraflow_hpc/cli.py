@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from .stop import StopRequest
 
 EXIT_BAD_INPUT = 2
 
@@ -58,16 +61,34 @@ def _load(registry: dict, name: str, what: str):
     return importlib.import_module(registry[name])
 
 
+def _agree(comm, error: str | None) -> str | None:
+    """The first error of any rank (lowest rank first), on every rank; None if there is none."""
+    errors = comm.allgather(error)
+    return next((e for e in errors if e), None)
+
+
+def _fail(comm, message: str) -> int:
+    """One ``error:`` line (rank 0 only: ranks never interleave it) and exit code 2 on every rank."""
+    if comm.rank == 0:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    return EXIT_BAD_INPUT
+
+
+def _restart_spec(cfg):
+    """What the run's checkpoint must hold, if its config says (``checkpoint_spec(rank)``)."""
+    return getattr(cfg, "checkpoint_spec", None)
+
+
 def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
     from mpi4py import MPI
 
-    from .comm import StopRequest, abort_on_uncaught_exception, check_launch
-    from .config import ConfigError, build_config, describe, parse_overrides
-    from .io.results import check_writable
+    from .comm import EXIT_NON_FINITE, NonFiniteError, abort_on_uncaught_exception, check_launch, collective
+    from .config import ConfigError, build_config, describe, parse_overrides, read_config_file
+    from .io.checkpoint import CheckpointError, verify_checkpoint
+    from .io.paths import agree_paths
 
     comm = MPI.COMM_WORLD
     abort_on_uncaught_exception(comm)
-    StopRequest.install()
     if kind == "run":
         from .runners import RUNNERS as registry
     else:
@@ -78,17 +99,53 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
             print(f"paraflow-hpc {kind} {name} [--config FILE.toml] [--key value ...]\n\noptions:")
             print(describe(module.Config))
         return 0
+    # Every check below ends every rank with one error line and exit 2, before any work: rank 0
+    # reads the config file (ranks may have different working directories), every rank
+    # validates the same text, and the first error of any rank is agreed on.
+    error, cfg = None, None
     try:
         check_launch(comm)
-        cfg = build_config(module.Config, config_file, parse_overrides(rest), comm.size)
-        error = check_writable(comm, cfg.output)
-        if error:
-            raise ConfigError(error)
-    except (ConfigError, RuntimeError) as err:
-        # Every rank validated the same input, so every rank stops here with this message.
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
-    return module.main(cfg, comm)
+    except RuntimeError as err:
+        error = str(err)
+    text, read_error = None, None
+    if comm.rank == 0 and config_file:
+        try:
+            text = read_config_file(config_file)
+        except ConfigError as err:
+            read_error = str(err)
+    text, read_error = comm.bcast((text, read_error), root=0)
+    error = error or read_error
+    if error is None:
+        try:
+            cfg = build_config(module.Config, config_file, parse_overrides(rest), comm.size, config_bytes=text)
+        except ConfigError as err:
+            error = str(err)
+    error = _agree(comm, error)
+    if error:
+        return _fail(comm, error)
+    try:
+        lock = agree_paths(comm, cfg)
+        if cfg.restart:   # refuse a checkpoint that cannot be resumed before any expensive work
+            identity = cfg.identity() if hasattr(cfg, "identity") else {}
+            verify_checkpoint(comm, cfg.restart, cfg.method, identity, _restart_spec(cfg), meta_ints=("iteration",))
+    except (ConfigError, CheckpointError) as err:
+        return _fail(comm, str(err))
+    try:
+        # Anything a rank raises alone (a user callable's first evaluation, a set-up step) ends every
+        # rank with that rank's traceback; agreed errors pass through and are reported once below.
+        with collective(comm, f"paraflow-hpc {kind} {name}"):
+            return module.main(cfg, comm)
+    except CheckpointError as err:   # raised on every rank alike (the verdict is broadcast)
+        return _fail(comm, str(err))
+    except NonFiniteError as err:
+        if comm.rank == 0:
+            kept = [p for p in (cfg.checkpoint, cfg.checkpoint + ".prev") if os.path.exists(p)]
+            note = f"; the last checkpoint {kept[0]} is kept" if kept else ""
+            print(f"error: {err}{note}", file=sys.stderr, flush=True)
+        return EXIT_NON_FINITE
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         from .report import main as report_main
 
         return report_main(args.files, args.out)
+    # Before numpy, torch and MPI are imported (a second or more): a SIGUSR1/SIGTERM from now on sets
+    # the stop flag (the run checkpoints and exits 3 at its first safe point) instead of killing it.
+    StopRequest.install()
     return _run(args.command, args.name, args.config, rest)
 
 

@@ -7,7 +7,6 @@ tests. Only the command-line entry point (``cli.py``) picks the world.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 import traceback
@@ -15,6 +14,8 @@ from contextlib import contextmanager
 
 import numpy as np
 from mpi4py import MPI
+
+from .stop import StopRequest  # noqa: F401  (re-exported: the runners take it from here)
 
 
 def abort_on_uncaught_exception(comm) -> None:
@@ -33,6 +34,26 @@ def abort_on_uncaught_exception(comm) -> None:
 
 
 EXIT_ABORTED = 1  # MPI_Abort error code when one rank fails inside a collective section
+EXIT_NON_FINITE = 4  # a non-finite value where a result was expected (NonFiniteError)
+
+
+class AgreedError(Exception):
+    """An error every rank raises alike, from values they agree on (a reduction, a broadcast).
+
+    Nobody is left waiting in a collective, so :func:`collective` lets it pass and the CLI
+    reports it once, from rank 0, with its own exit code instead of aborting.
+    """
+
+
+class NonFiniteError(AgreedError, FloatingPointError):
+    """A non-finite (diverged) loss, state or update: the run cannot give a result.
+
+    The message names the quantity and the step (iteration, window, time step) where it
+    first appeared, and the fix. Raise it only on values every rank agrees on (after a
+    reduction or broadcast), so that every rank raises it alike: the CLI then ends the run
+    with exit code ``EXIT_NON_FINITE`` (4) and one ``error:`` line, without a collective.
+    The run writes no result; its last checkpoint, written before the value appeared, stays.
+    """
 
 
 @contextmanager
@@ -48,12 +69,13 @@ def collective(comm, what: str):
     exception propagates unchanged, so callers and tests see the ordinary error.
 
     Use it *inside* any ``with h5py.File(..., driver="mpio")`` block. ``SystemExit`` and
-    ``KeyboardInterrupt`` pass through on one rank and abort on several.
+    ``KeyboardInterrupt`` pass through on one rank and abort on several. An
+    :class:`AgreedError` (raised on every rank alike) passes through unchanged.
     """
     try:
         yield
     except BaseException as exc:
-        if comm.size == 1:
+        if comm.size == 1 or isinstance(exc, AgreedError):
             raise
         sys.stderr.write(f"error: rank {comm.rank} of {comm.size} failed during {what}: "
                          f"{type(exc).__name__}: {exc}\n[rank {comm.rank}] traceback (aborting all "
@@ -152,35 +174,3 @@ def allgather_per_rank(comm, per_rank: dict[str, float]) -> dict[str, np.ndarray
     gathered = comm.allgather(per_rank)
     names = sorted(set().union(*gathered))
     return {name: np.array([t.get(name, 0.0) for t in gathered]) for name in names}
-
-
-class StopRequest:
-    """Preemption: a signal only sets a flag; ranks agree on it at the next safe point.
-
-    Ranks see a signal at different moments (Slurm may deliver it to each rank
-    separately), so acting on it locally would desynchronise collectives.
-    """
-
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-    _installed: "StopRequest | None" = None
-
-    def __init__(self):
-        self.flag = False
-        self.signal_name = ""
-
-    @classmethod
-    def install(cls) -> "StopRequest":
-        """The process-wide instance; handlers are registered once (the CLI does it at start-up,
-        so a signal that arrives before the first checkpoint hook exists is not lost)."""
-        if cls._installed is None:
-            cls._installed = cls()
-            for sig in cls.SIGNALS:
-                signal.signal(sig, cls._installed._handle)
-        return cls._installed
-
-    def _handle(self, signum, frame):
-        self.flag = True
-        self.signal_name = signal.Signals(signum).name
-
-    def agreed(self, comm) -> bool:
-        return bool(comm.allreduce(int(self.flag), op=MPI.MAX))

@@ -32,6 +32,7 @@ class RunConfig:
     checkpoint: str = option("", "checkpoint file (default: <output stem>.ckpt.h5)")
     checkpoint_every: int = option(0, "write a checkpoint every k iterations (0: never)")
     restart: str = option("", "continue from this checkpoint file")
+    overwrite: bool = option(False, "replace an existing --output file (refused otherwise)")
     quiet: bool = option(False, "rank 0 prints no progress")
     seed: int = option(0, "random seed")
 
@@ -85,7 +86,9 @@ def _coerce(name: str, raw, typ, choices):
             if not math.isfinite(value):
                 raise ConfigError(f"{name} = {raw!r}: must be a finite number")
         elif typ is str:
-            value = str(raw)
+            if not isinstance(raw, str):   # TOML `output = 5`: a number where a name belongs
+                raise ConfigError(f"{name} = {raw!r}: expected a string (in quotes in TOML)")
+            value = raw
         elif typ is dict or typing.get_origin(typ) is dict:
             value = parse_mapping(name, raw)
         elif typing.get_origin(typ) is list:
@@ -163,15 +166,34 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
-def build_config(cls, config_file: str | None, overrides: dict[str, object], comm_size: int):
-    """TOML file (flat, or with a table named after the method) updated by overrides, then validated."""
+def read_config_file(config_file: str) -> bytes:
+    """The bytes of a TOML config file; ConfigError (naming the file) if it cannot be read."""
+    try:
+        with open(config_file, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {config_file!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {config_file!r} is a directory; give a TOML file") from None
+    except OSError as err:
+        raise ConfigError(f"config file {config_file!r} cannot be read ({err.strerror or err})") from None
+
+
+def build_config(cls, config_file: str | None, overrides: dict[str, object], comm_size: int,
+                 config_bytes: bytes | None = None):
+    """TOML file (flat, or with a table named after the method) updated by overrides, then validated.
+
+    ``config_bytes``: the file's contents if already read (the CLI reads it on rank 0 only and
+    broadcasts it, so ranks with different working directories parse the same text)."""
     values: dict[str, object] = {}
     if config_file:
+        if config_bytes is None:
+            config_bytes = read_config_file(config_file)
         try:
-            with open(config_file, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {config_file!r} does not exist") from None
+            data = tomllib.loads(config_bytes.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {config_file!r} is not UTF-8 text ({err.reason} at byte "
+                              f"{err.start}); TOML files are UTF-8") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {config_file!r} is not valid TOML: {err}") from None
         values.update(data.pop(cls.method, {}) if isinstance(data.get(cls.method), dict) else {})

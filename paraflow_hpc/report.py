@@ -15,6 +15,8 @@ import os
 import h5py
 import numpy as np
 
+from .io.schema import SchemaError, check_tree, int_attr, numeric, text_attr
+
 # Timing categories (last path component) that are time blocked in or spent on communication,
 # as the methods name them; any ``*_wait`` counts too. ``cpu_*`` entries are CPU (not wall)
 # seconds and are left out of the breakdown.
@@ -41,8 +43,9 @@ def is_comm(category: str) -> bool:
 
 
 def load_run(path: str) -> dict:
-    """One result file as plain Python/numpy values."""
+    """One result file as plain Python/numpy values, after :func:`check_result` (SchemaError)."""
     with h5py.File(path, "r") as f:
+        check_result(f, os.path.getsize(path))
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
         run = {
             "file": path,
@@ -51,14 +54,46 @@ def load_run(path: str) -> dict:
             "history": {k: f["history"][k][()] for k in f.get("history", {})},
             "timings": {k: f["timings"][k][()] for k in _leaf_names(f.get("timings"))},
         }
-    run["ranks"] = int(attrs.get("mpi_size", len(next(iter(run["timings"].values()), [1]))))
+    run["ranks"] = int(attrs["mpi_size"])
     totals = run["timings"].get("total")
-    run["wall_seconds"] = float(np.max(totals)) if totals is not None else float("nan")
+    run["wall_seconds"] = float(np.max(totals)) if totals is not None and totals.size else float("nan")
     wait = sum((v for k, v in run["timings"].items() if is_comm(k)), np.zeros(run["ranks"]))
     run["wait_seconds"] = np.asarray(wait, dtype=float)
     run["compute_seconds"] = (np.asarray(totals, dtype=float) - run["wait_seconds"]
                               if totals is not None else np.full(run["ranks"], np.nan))
     return run
+
+
+def check_result(f: h5py.File, file_size: int) -> None:
+    """What :func:`load_run` reads, checked before any data is: the whole file by
+    :func:`paraflow_hpc.io.schema.check_tree` (no links to other files, virtual datasets,
+    object/opaque dtypes or shapes larger than the file), the root attributes ``method``
+    (text), ``mpi_size`` (an integer >= 1) and ``config`` (a JSON object), ``/history`` a group
+    of numeric datasets, ``/timings`` a group of numeric datasets with one entry per rank."""
+    datasets = check_tree(f, file_size)
+    text_attr(f.attrs, "method")
+    ranks = int_attr(f.attrs, "mpi_size")
+    if ranks < 1:
+        raise SchemaError(f"attribute /@mpi_size = {ranks} is not a rank count")
+    try:
+        config = json.loads(text_attr(f.attrs, "config", required=False) or "{}")
+    except json.JSONDecodeError as err:
+        raise SchemaError(f"attribute /@config is not JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise SchemaError("attribute /@config is not a JSON object of options")
+    for group in ("history", "timings"):
+        if group in f and not isinstance(f[group], h5py.Group):
+            raise SchemaError(f"/{group} is not a group")
+    for path, ds in datasets.items():
+        if path.startswith("history/") and "/" not in path[len("history/"):]:
+            numeric(ds, path)
+        if path.startswith("timings/"):
+            numeric(ds, path)
+            if ds.shape != (ranks,):
+                raise SchemaError(f"/{path} has shape {ds.shape}; one entry per rank ({ranks}) was expected")
+    for name in f.get("history", {}):
+        if not isinstance(f["history"][name], h5py.Dataset):
+            raise SchemaError(f"/history/{name} is not a dataset")
 
 
 def _leaf_names(group) -> list[str]:
@@ -237,10 +272,20 @@ def main(files: list[str], out_dir: str) -> int:
     if missing:
         print(f"error: no such result file: {', '.join(missing)}")
         return 2
-    try:
-        runs = [load_run(f) for f in files]
-    except (OSError, KeyError, json.JSONDecodeError) as err:
-        print(f"error: cannot read result file ({err}); is it a paraflow_hpc result?")
+    runs, bad = [], 0
+    for path in files:   # one error line per unusable file, no traceback
+        try:
+            runs.append(load_run(path))
+        except SchemaError as err:
+            print(f"error: {path}: not a paraflow_hpc result file: {err}")
+            bad += 1
+        except OSError as err:
+            print(f"error: {path}: cannot be read as HDF5 ({err}); is it a paraflow_hpc result?")
+            bad += 1
+        except Exception as err:   # whatever else HDF5 or numpy make of a damaged file
+            print(f"error: {path}: cannot be read ({type(err).__name__}: {err}); is it a paraflow_hpc result?")
+            bad += 1
+    if bad:
         return 2
     os.makedirs(out_dir, exist_ok=True)
     md, csv_path = write_tables(to_rows(runs), out_dir)

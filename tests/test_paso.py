@@ -9,6 +9,7 @@ from mpi4py import MPI
 
 from conftest import run_cli, run_script
 from paraflow_hpc.algorithms.paso import OptimizerSpec, paso, sequential_reference
+from paraflow_hpc.comm import NonFiniteError
 from paraflow_hpc.config import ConfigError, build_config
 from paraflow_hpc.problems.models import make_problem
 from paraflow_hpc.runners import paso as paso_runner
@@ -165,19 +166,20 @@ def test_cli_result_checkpoint_and_identical_restart(tmp_path):
         assert a.attrs["trajectory_msd"] == b.attrs["trajectory_msd"]
 
 
-def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
-    """The runner itself, in-process on one rank: exit code 4, the step named, the checkpoint kept."""
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
+    """The runner itself, in-process on one rank: NonFiniteError (the CLI's exit code 4) naming the step,
+    the checkpoint kept, no result."""
     out = tmp_path / "nan.h5"
     cfg = build_config(Config, None, {"problem": "cnn", "lr": "1e200", "steps": "20", "window": "4",
                                       "reference": "none", "checkpoint_every": "1", "quiet": "true",
                                       "output": str(out)}, 1)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
     try:  # the runner's CheckpointHook takes over SIGUSR1/SIGTERM: give them back afterwards
-        assert paso_runner.main(cfg, MPI.COMM_SELF) == paso_runner.EXIT_DIVERGED
+        with pytest.raises(NonFiniteError, match="non-finite loss at step 1 "):
+            paso_runner.main(cfg, MPI.COMM_SELF)
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    assert "non-finite loss at step 1" in capsys.readouterr().err
     assert (tmp_path / "nan.ckpt.h5").exists() and not out.exists()
 
 

@@ -27,6 +27,7 @@ coarse model, one fine forward chain fills the pipeline and the window starts em
 """
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from ..comm import Timers, block_partition
+from ..comm import NonFiniteError, Timers, block_partition
 from ..problems.resnet import LAYER_PARAMS, ResNetSpec, Subnetwork, head_output, loss_value, prolong, restrict
 
 TAG_STATE, TAG_COSTATE, TAG_EVAL = 31, 32, 33
@@ -399,7 +400,14 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
     co-state map per class label (classification only; see :class:`CostateRegression`).
     ``after_iteration(state)`` is called collectively after every iteration but the last; True stops
     the run there (preemption) with ``interrupted`` set.
+
+    Raises ValueError for a learning rate that is not a positive finite number, and
+    :class:`~paraflow_hpc.comm.NonFiniteError` (on every rank) at the first evaluation after the
+    batch loss or the full training loss became non-finite, naming the first such iteration.
     """
+    for name, value in (("lr", lr), ("coarse_lr", lr if coarse_lr is None else coarse_lr)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} = {value}: the learning rate must be a positive finite number")
     if coupling not in COUPLINGS:
         raise ValueError(f"unknown coupling {coupling!r}; choose one of: {', '.join(COUPLINGS)}")
     coarse = coupling == "regression" and coarse_iterations > 0
@@ -419,6 +427,16 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
         with timers("eval"):
             train_loss, train_acc = evaluate(comm, state.net, x_train, y_train, eval_msg)
             _, test_acc = evaluate(comm, state.net, data["x_test"], data["y_test"], eval_msg)
+        # the batch losses live on the last rank: it names the first non-finite one to everybody
+        first_bad = next((i for i, v in enumerate(state.local["loss"]) if not math.isfinite(v)), None)
+        first_bad = comm.bcast(first_bad if msg.last else None, root=comm.size - 1)
+        if first_bad is not None or not math.isfinite(train_loss):
+            where = (f"batch loss in iteration {first_bad + 1}" if first_bad is not None else
+                     f"training loss after iteration {state.k}" +
+                     (" (the coarse model's global prediction)" if state.k == 0 and coarse else ""))
+            rates = f"lr = {lr:g}" + (f", coarse_lr = {coarse_lr or lr:g}" if coarse else "")
+            raise NonFiniteError(f"layer-parallel training diverged: non-finite {where} ({rates}); "
+                                 "lower the learning rate")
         seconds = comm.allreduce(state.train_seconds, op=MPI.MAX)
         for name, value in (("iteration", state.k), ("seconds", seconds), ("train_accuracy", train_acc),
                             ("train_loss", train_loss), ("test_accuracy", test_acc)):

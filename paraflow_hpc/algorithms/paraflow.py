@@ -20,6 +20,10 @@ Choices the paper leaves open (docs/paraflow.md):
   F, accepted unchecked), since the paper runs every method "until a budget is completely consumed"
   (its R = 1.000 cells at the largest N_F); with ``keep_start`` the rest stays unspent, as an
   unchecked step could raise L. ParaFlow runs whole windows only.
+* A non-finite loss is never selected while a finite candidate exists (comparisons treat NaN as
+  +inf). When the accepted point's loss is non-finite anyway (the flow itself blew up), the run
+  stops at once with ``stop_reason = "non_finite"``, before the checkpoint hook of that window,
+  so the last checkpoint holds the last finite window (the runners turn this into exit 4).
 """
 from __future__ import annotations
 
@@ -62,8 +66,32 @@ class FlowResult:
     counters: dict
 
 
+def _order(loss: float) -> float:
+    """Loss as a sort key in which NaN (and -inf, from an overflow) ranks last, like +inf."""
+    return loss if math.isfinite(loss) else math.inf
+
+
 def _new_history(loss0: float) -> dict:
     return {"loss": [loss0], "budget_used": [], "selected": [], "evaluated": [], "fine_loss": [], "fine_steps": []}
+
+
+def paraflows_min_budget(n_g: int, keep_start: bool, fine_cost: int, n_samples: int, coarse_extra: int) -> int:
+    """Budget of ParaFlowS's first window up to its first coarse candidate (below it ParaFlowS is SGD).
+
+    F, then (when candidates are compared: ``keep_start`` or N_G >= 2) the evaluations of W_0 and
+    F(W_0), G(W_0)'s extra steps and, for N_G >= 2, the first coarse candidate W_2.
+    """
+    if not (keep_start or n_g >= 2):
+        return fine_cost
+    return fine_cost + 2 * n_samples + coarse_extra + (coarse_extra + n_samples if n_g >= 2 else 0)
+
+
+def paraflow_window_cost(n_intervals: int, init: str, start_known: bool, fine_cost: int, n_samples: int,
+                         coarse_extra: int) -> int:
+    """Per-sample gradients of one ParaFlow window on all ranks together (N_G = ``n_intervals``)."""
+    evaluations = (0 if start_known else 1) + (n_intervals - 1 if init == "coarse" else 0) + n_intervals
+    coarse_calls = n_intervals + (n_intervals - 1)   # g_n = G(W_{n,0}) and G(W_{n,1}), n >= 1
+    return n_intervals * fine_cost + evaluations * n_samples + coarse_calls * coarse_extra
 
 
 def _stop_reason(state: FlowState, budget: Budget, window_cost: int, k_max: int,
@@ -145,12 +173,14 @@ def paraflows(problem, fine, coarse, W0: torch.Tensor, *, n_g: int, selection: s
                     break
                 n_evaluated += 1
                 fine_loss = point.loss if n == 1 else fine_loss
-                if selection == "break" and chain and point.loss >= chain[-1][1].loss:
+                if selection == "break" and chain and not _order(point.loss) < _order(chain[-1][1].loss):
                     break
                 chain.append((n, point))
                 previous = point
+                if not math.isfinite(point.loss):
+                    break   # no candidate follows from a non-finite point
         if chain:
-            best = min(range(len(chain)), key=lambda i: chain[i][1].loss) if selection == "argmin" else -1
+            best = min(range(len(chain)), key=lambda i: _order(chain[i][1].loss)) if selection == "argmin" else -1
             selected, point = chain[best]
             state.W, state.start, loss = point.W, point, point.loss
         elif keep_start and evaluates:
@@ -162,6 +192,9 @@ def paraflows(problem, fine, coarse, W0: torch.Tensor, *, n_g: int, selection: s
         if progress:
             progress(f"ParaFlowS window {state.k}: L = {loss:.6e}, candidate {selected} of {n_evaluated} "
                      f"evaluated, budget {spent.used}")
+        if not math.isfinite(loss):
+            reason = "non_finite"
+            break
         if after_iteration is not None and after_iteration(state):
             interrupted = True
             break
@@ -174,6 +207,8 @@ def paraflows(problem, fine, coarse, W0: torch.Tensor, *, n_g: int, selection: s
         record(problem.loss(state.W), 1, 0, math.nan, rest)   # monitoring loss, outside the budget
         if progress:
             progress(f"ParaFlowS: the last {rest} SGD steps use up the budget, L = {state.history['loss'][-1]:.6e}")
+        if not math.isfinite(state.history["loss"][-1]):
+            reason = "non_finite"
     return FlowResult(state.W, state.history["loss"][-1], state.k, spent.used, reason or "interrupted",
                       interrupted, state.history, timers.as_dict(),
                       {**{f"{k}_calls": v for k, v in calls.items()}, "gradient_evaluations": spent.used})
@@ -203,9 +238,12 @@ def baseline(problem, fine, W0: torch.Tensor, *, budget: int, loss_tol: float = 
             if loss_tol and full_batch and batch_loss <= loss_tol:
                 steps, reason = t, "loss_tol"
                 break
+            if not math.isfinite(batch_loss):
+                steps, reason = t, "non_finite"
+                break
             W = W_next
     losses.append(problem.loss(W))   # monitoring only
-    used = steps * d_b + (d_b if reason == "loss_tol" else 0)
+    used = steps * d_b + (d_b if reason in ("loss_tol", "non_finite") else 0)
     return FlowResult(W, losses[-1], steps, used, reason, reason == "interrupted",
                       {"loss": losses, "budget_used": [used]}, timers.as_dict(),
                       {"fine_calls": steps, "gradient_evaluations": used})
@@ -242,9 +280,7 @@ def paraflow(comm, problem, fine, coarse, W0: torch.Tensor, *, n_intervals: int,
     mine = Budget()           # this rank's work; the global budget is its sum over ranks
 
     def window_cost(start_known: bool) -> int:
-        evaluations = (0 if start_known else 1) + (n_intervals - 1 if init == "coarse" else 0) + n_intervals
-        coarse_calls = n_intervals + (n_intervals - 1)   # g_n = G(W_{n,0}) and G(W_{n,1}), n >= 1
-        return n_intervals * fine.cost() + evaluations * N + coarse_calls * coarse.extra_cost()
+        return paraflow_window_cost(n_intervals, init, start_known, fine.cost(), N, coarse.extra_cost())
 
     def evaluate_here(W) -> Point:
         calls["evaluations"] += 1
@@ -324,14 +360,14 @@ def paraflow(comm, problem, fine, coarse, W0: torch.Tensor, *, n_intervals: int,
                 candidates.append((point.loss, n_intervals, point))
         if keep_start and rank == 0:
             candidates.append((start.loss, 0, start))
-        # (select) argmin with location; ties go to the smaller n, as in ParaFlowS's argmin
-        local = min(candidates, key=lambda c: (c[0], c[1])) if candidates else (math.inf, n_intervals + 1, None)
+        # (select) argmin with location; ties go to the smaller n, as in ParaFlowS's argmin; NaN ranks last
+        local = min(candidates, key=lambda c: (_order(c[0]), c[1])) if candidates else (math.inf, n_intervals + 1, None)
         with timers("select"):
-            best_loss, best_n = comm.allreduce((local[0], local[1]), op=MPI.MINLOC)
+            _, best_n = comm.allreduce((_order(local[0]), local[1]), op=MPI.MINLOC)
             window_used = comm.allreduce(mine.used - before, op=MPI.SUM)
         owner = owner_of[min(best_n, n_intervals - 1)]   # W_{N_G,1} lives on the owner of N_G - 1
         state.start = broadcast_point(local[2] if local[1] == best_n and rank == owner else None, owner)
-        state.W = state.start.W
+        state.W, best_loss = state.start.W, state.start.loss
         state.k += 1
         spent.charge(window_used)
         state.used = spent.used
@@ -340,6 +376,9 @@ def paraflow(comm, problem, fine, coarse, W0: torch.Tensor, *, n_intervals: int,
             state.history[key].append(value)
         if progress:
             progress(f"ParaFlow window {state.k}: L = {best_loss:.6e} from W_{{{best_n},1}}, budget {spent.used}")
+        if not math.isfinite(best_loss):   # the broadcast loss: every rank stops alike
+            reason = "non_finite"
+            break
         if after_iteration is not None and after_iteration(state):
             interrupted = True
             break

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 from mpi4py import MPI
 
+from .. import validation
 from ..comm import Timers, block_partition
 
 TAG_BOUNDARY = 11
@@ -92,14 +93,18 @@ def parareal(comm, coarse: Callable, fine: Callable, y0: np.ndarray, times: np.n
     ``reference``: this rank's serial fine boundary values (from :func:`serial_fine`) to
     record the error per iteration. ``after_iteration(state)`` is called collectively after
     every iteration that does not end the run (for checkpoints); returning True stops
-    the run there (preemption), with ``interrupted`` set.
+    the run there (preemption), with ``interrupted`` set. ``y0`` is promoted as scipy's
+    ``solve_ivp`` does (integers to float64); a non-finite ``y0``, ``tol < 0`` or ``k_max < 1``
+    raise ConfigError (a ValueError, :mod:`paraflow_hpc.validation`).
     """
     n_intervals = len(times) - 1
     if n_intervals < comm.size:
         raise ValueError(f"{n_intervals} subintervals cannot be spread over {comm.size} ranks")
     a, b = block_partition(n_intervals, comm.size, comm.rank)
     m = b - a
-    y0 = np.asarray(y0)
+    y0 = validation.state("y0", y0)   # ints promoted to float64, as solve_ivp does
+    validation.nonnegative("tol", tol)
+    validation.count("k_max", k_max, 1)
     timers = Timers()
     calls = {"fine": 0, "coarse": 0}
     first, last = comm.rank == 0, comm.rank == comm.size - 1

@@ -24,6 +24,8 @@ class BenchConfig(RunConfig):
     """Options every benchmark shares."""
 
     table: str = option("", "markdown table file (default: the HDF5 output with .md)")
+    # Benchmarks are meant to be re-run: they replace their files by default and say so.
+    overwrite: bool = option(True, "replace an existing --output (false: refuse it)")
 
     def write_table(self, comm, text: str) -> str:
         """Rank 0 writes the markdown table; every rank gets its path."""

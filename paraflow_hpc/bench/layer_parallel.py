@@ -77,6 +77,13 @@ class Config(BenchConfig):
         require(0 < self.target_accuracy <= 1, f"target_accuracy = {self.target_accuracy}: must be in (0, 1]")
         for key in ("iterations", "batch_size", "eval_every", "window", "width", "samples"):
             require(getattr(self, key) >= 1, f"{key} = {getattr(self, key)}: must be >= 1")
+        for depth in self.depths:   # every case goes through the checks of `run layer-parallel`
+            for scheme in self.schemes:
+                runner.Config(problem=self.problem, samples=self.samples, depth=depth, width=self.width,
+                              final_time=self.final_time, scheme=scheme, coarse_iterations=self.coarse_iterations,
+                              iterations=self.iterations, lr=self.lr, batch_size=self.batch_size,
+                              window=self.window, ridge=self.ridge, eval_every=self.eval_every,
+                              seed=self.seed).validate(comm_size)
 
     def resolve_paths(self) -> None:
         super().resolve_paths()

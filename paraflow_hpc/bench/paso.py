@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
+from .. import validation
 from ..algorithms.paso import OPTIMIZERS, OptimizerSpec, paso
 from ..comm import Progress, Timers, torch_device
 from ..config import option, require
@@ -87,8 +88,12 @@ class Config(BenchConfig):
         require(self.ackley_steps >= 0, f"ackley_steps = {self.ackley_steps}: must be >= 0 (0 skips the case)")
         require((self.problems and self.optimizers) or self.sweep_windows or self.ackley_steps or self.rules_problem,
                 "nothing to run: give problems and optimizers, sweep_windows, ackley_steps or rules_problem")
-        require(self.tol >= 0, f"tol = {self.tol}: must be >= 0")
-        require(0 <= self.ema_decay <= 1, f"ema_decay = {self.ema_decay}: must be in [0, 1]")
+        # the checks of `run paso` and paso() (paraflow_hpc.validation)
+        validation.paso_iteration(self.tol, self.tol_adapt, self.ema_decay, self.per_rank * comm_size)
+        names = {*self.problems, self.sweep_problem, self.rules_problem}
+        if names & {"logreg", "mlp", "cnn"}:
+            validation.batch_fits(self.batch, validation.digits_training_size(), "training images of digits")
+        validation.count("batch", self.batch, 1)
 
     def default_output(self) -> str:
         return os.path.join("results", "bench-paso.h5")

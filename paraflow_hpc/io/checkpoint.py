@@ -1,39 +1,72 @@
-"""Atomic, verified HDF5 checkpoints of a distributed state.
+"""Atomic, verified HDF5 checkpoints of a distributed state of any size.
 
-Layout: ``/root/<name>`` arrays shared by all ranks, ``/rank_<r>/<name>`` each
-rank's own arrays, and attributes ``schema_version``, ``kind`` (the method),
-``nranks``, ``meta`` (JSON) and ``sha256`` (over all of that). Only arrays and
-JSON are stored, never pickles. Rank 0 writes a temporary file next to the
-target, flushes and fsyncs it, keeps the previous checkpoint as ``<file>.prev``,
-renames the new one into place and fsyncs the directory: an interrupted write
-leaves the last complete checkpoint intact, and a corrupt one falls back to
-``.prev`` on load.
+Layout: ``/root/<name>`` arrays shared by all ranks, ``/rank_<r>/<name>`` each rank's own
+arrays, and attributes ``schema_version``, ``kind`` (the method), ``nranks`` and ``meta``
+(JSON). Only numeric arrays and JSON are stored, never pickles. After the HDF5 image comes a
+fixed-size trailer (HDF5 ignores bytes past its end of file): a magic string, the image's
+length and the SHA-256 of the image. On load rank 0 hashes the raw bytes and compares them with
+the trailer *before* HDF5 parses anything (a damaged HDF5 file can crash or hang the library),
+then checks the structure against :func:`paraflow_hpc.io.schema.check_tree` and the caller's
+expectations before reading any data; any failure refuses that file and ``<file>.prev`` is tried.
+
+State of any size: no array is pickled. Each rank sends its arrays to rank 0 as numpy buffers
+in blocks of at most :data:`CHUNK_BYTES` (MPI counts are ``int``: a single message above 2 GiB
+fails), and rank 0 writes each block into its dataset; loading sends the blocks back.
+
+Rank 0 writes a temporary file next to the target, fsyncs it, keeps the previous checkpoint as
+``<file>.prev``, renames the new one into place and fsyncs the directory: an interrupted write
+leaves the last complete checkpoint intact.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import math
 import os
+import shutil
+import struct
+import time
 
 import h5py
 import numpy as np
 
-SCHEMA_VERSION = 1
+from ..comm import AgreedError, collective
+from .schema import SchemaError, check_tree, int_attr, text_attr
+
+SCHEMA_VERSION = 2
+CHUNK_BYTES = 64 * 2**20   # largest MPI message and HDF5 block; a test lowers it to check the chunking
+MAGIC = b"PARAFLOW-CKPT-v2"
+TRAILER = struct.Struct("<16sQ32s")   # magic, image length, SHA-256 of the image: 56 bytes
+SPACE_MARGIN = 2**20                  # HDF5 metadata on top of the arrays' bytes
+_STARTED = time.time()   # temporaries older than this process are not its own
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message says why and what to do."""
+class CheckpointError(AgreedError, RuntimeError):
+    """A checkpoint that cannot be used or written; the message says why and what to do.
+
+    Raised on every rank alike (rank 0 broadcasts the verdict)."""
 
 
-def _digest(kind: str, nranks: int, meta_json: str, groups: dict[str, dict[str, np.ndarray]]) -> str:
-    h = hashlib.sha256()
-    h.update(f"{SCHEMA_VERSION}|{kind}|{nranks}|{meta_json}".encode())
-    for group in sorted(groups):
-        for name in sorted(groups[group]):
-            arr = np.ascontiguousarray(groups[group][name])
-            h.update(f"|{group}/{name}|{arr.dtype.str}|{arr.shape}|".encode())
-            h.update(arr.tobytes())
-    return h.hexdigest()
+def _remove_stale_temporaries(path: str) -> None:
+    """Delete ``<path>.partial-<pid>`` files a killed writer left: those of processes no longer
+    alive on this host, or older than this process (a requeued job on another node). Never our own."""
+    for tmp in glob.glob(glob.escape(path) + ".partial-*"):
+        pid = tmp.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:   # a live process of another user
+            alive = True
+        try:
+            if not alive or os.path.getmtime(tmp) < _STARTED:
+                os.remove(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def _fsync_dir(path: str) -> None:
@@ -44,112 +77,349 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_file(path: str, kind: str, nranks: int, meta: dict, groups) -> None:
-    meta_json = json.dumps(meta, sort_keys=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # The file is built in memory and written with plain writes: HDF5 1.10 can crash when a file
-    # it writes to hits a full disk, while a failed os.write is an ordinary, catchable OSError.
-    with h5py.File(f"checkpoint-{os.getpid()}", "w", driver="core", backing_store=False) as f:
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["kind"] = kind
-        f.attrs["nranks"] = nranks
-        f.attrs["meta"] = meta_json
-        f.attrs["sha256"] = _digest(kind, nranks, meta_json, groups)
-        for group, arrays in groups.items():
-            g = f.create_group(group)
-            for name, arr in arrays.items():
-                g.create_dataset(name, data=np.asarray(arr))
-        f.flush()
-        image = f.id.get_file_image()
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(image)
-            fh.flush()
-            os.fsync(fh.fileno())  # on disk before the rename makes it the checkpoint
-        if os.path.exists(path):
-            os.replace(path, path + ".prev")
-        os.replace(tmp, path)
-        _fsync_dir(path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _blocks(shape: tuple, itemsize: int):
+    """Row ranges [i, j) along axis 0 of at most CHUNK_BYTES each (at least one row)."""
+    if not shape:
+        yield None
+        return
+    row = math.prod(shape[1:]) * itemsize
+    step = max(1, CHUNK_BYTES // max(row, 1))
+    for i in range(0, shape[0], step):
+        yield slice(i, min(i + step, shape[0]))
+
+
+def _pieces(buf: np.ndarray):
+    """A contiguous array's bytes in messages of at most CHUNK_BYTES."""
+    flat = buf.reshape(-1).view(np.uint8)
+    for i in range(0, flat.size, CHUNK_BYTES):
+        yield flat[i:i + CHUNK_BYTES]
+
+
+def _send(comm, arr: np.ndarray, dest: int) -> None:
+    for piece in _pieces(arr):
+        comm.Send(piece, dest=dest, tag=7)
+
+
+def _recv(comm, out: np.ndarray, source: int) -> None:
+    for piece in _pieces(out):
+        comm.Recv(piece, source=source, tag=7)
+
+
+def _describe(arrays: dict[str, np.ndarray]) -> list[tuple[str, str, tuple]]:
+    return [(name, arr.dtype.str, arr.shape) for name, arr in arrays.items()]
+
+
+def _numeric(name: str, arr) -> np.ndarray:
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype.kind not in "biufc":
+        raise TypeError(f"checkpoint array {name!r} has dtype {arr.dtype}; only numbers are checkpointed")
+    return arr
+
+
+def _image_digest(fh, length: int) -> str:
+    h = hashlib.sha256()
+    fh.seek(0)
+    left = length
+    while left:
+        block = fh.read(min(left, 2**24))
+        if not block:
+            break
+        h.update(block)
+        left -= len(block)
+    return h.hexdigest()
 
 
 def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[str, np.ndarray],
                     root_arrays: dict[str, np.ndarray] | None = None) -> None:
-    """Collective: every rank passes its own arrays; rank 0 writes one file atomically."""
-    gathered = comm.gather({k: np.asarray(v) for k, v in rank_arrays.items()}, root=0)
+    """Collective: every rank passes its own numeric arrays (any size); rank 0 writes one file
+    atomically. Raises :class:`CheckpointError` on every rank if it cannot be written (the
+    previous checkpoint is kept); ``TypeError`` for a non-numeric array."""
+    mine = {k: _numeric(k, v) for k, v in rank_arrays.items()}
+    shared = {k: _numeric(k, v) for k, v in (root_arrays or {}).items()} if comm.rank == 0 else {}
     error = None
-    if comm.rank == 0:
-        groups = {f"rank_{r:05d}": arrays for r, arrays in enumerate(gathered)}
-        groups["root"] = {k: np.asarray(v) for k, v in (root_arrays or {}).items()}
-        try:
-            _write_file(path, kind, comm.size, meta, groups)
-        except OSError as err:
-            error = f"could not write checkpoint {path!r}: {err}; the previous checkpoint is kept"
-    error = comm.bcast(error, root=0)
+    with collective(comm, f"writing checkpoint {path}"):
+        layouts = comm.gather(_describe(mine), root=0)
+        tmp = f"{path}.partial-{os.getpid()}"
+        f = None
+        if comm.rank == 0:
+            need = sum(math.prod(shape) * np.dtype(dt).itemsize for lay in layouts for _, dt, shape in lay)
+            need += sum(a.nbytes for a in shared.values()) + SPACE_MARGIN
+            try:
+                directory = os.path.dirname(os.path.abspath(path))
+                os.makedirs(directory, exist_ok=True)
+                _remove_stale_temporaries(path)
+                free = shutil.disk_usage(directory).free
+                if free < need:   # HDF5 1.10 may crash rather than fail when the disk fills up
+                    raise OSError(f"{need} bytes needed, {free} free on that file system")
+                f = h5py.File(tmp, "w")
+                f.attrs["schema_version"] = SCHEMA_VERSION
+                f.attrs["kind"] = kind
+                f.attrs["nranks"] = comm.size
+                f.attrs["meta"] = json.dumps(meta, sort_keys=True)
+                g = f.create_group("root")
+                for name, arr in shared.items():
+                    g.create_dataset(name, data=arr)
+            except OSError as err:
+                error = f"could not write checkpoint {path!r}: {err}; the previous checkpoint is kept"
+        error = comm.bcast(error, root=0)
+        if error is None:
+            for r in range(comm.size):
+                arrays = mine if r == comm.rank else None
+                layout = layouts[r] if comm.rank == 0 else None
+                if comm.rank == 0:
+                    g = f.create_group(f"rank_{r:05d}")
+                    for name, dt, shape in layout:
+                        ds = g.create_dataset(name, shape=shape, dtype=np.dtype(dt))
+                        for rows in _blocks(shape, np.dtype(dt).itemsize):
+                            if r == 0:
+                                block = mine[name] if rows is None else mine[name][rows]
+                            else:
+                                block = np.empty(shape if rows is None else
+                                                 (rows.stop - rows.start,) + tuple(shape[1:]), dtype=dt)
+                                _recv(comm, block, r)
+                            if error is None:   # after a failed write keep receiving: no rank waits
+                                try:
+                                    ds[() if rows is None else rows] = block
+                                except OSError as err:
+                                    error = f"could not write checkpoint {path!r}: {err}; the previous checkpoint is kept"
+                elif comm.rank == r:
+                    for name, arr in arrays.items():
+                        for rows in _blocks(arr.shape, arr.itemsize):
+                            _send(comm, arr if rows is None else np.ascontiguousarray(arr[rows]), 0)
+            if comm.rank == 0:
+                try:
+                    f.close()
+                    f = None
+                    if error is None:
+                        _seal(tmp, path)
+                except OSError as err:
+                    error = f"could not write checkpoint {path!r}: {err}; the previous checkpoint is kept"
+        if comm.rank == 0:
+            if f is not None:
+                f.close()
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        error = comm.bcast(error, root=0)
     if error:
         raise CheckpointError(error)
 
 
-def _read_file(path: str, kind: str, nranks: int, expect: dict):
+def _seal(tmp: str, path: str) -> None:
+    """Appends the trailer, fsyncs, keeps the old file as .prev, renames into place, fsyncs the dir."""
+    with open(tmp, "r+b") as fh:
+        length = os.fstat(fh.fileno()).st_size
+        digest = bytes.fromhex(_image_digest(fh, length))
+        fh.seek(0, os.SEEK_END)
+        fh.write(TRAILER.pack(MAGIC, length, digest))
+        fh.flush()
+        os.fsync(fh.fileno())   # on disk before the rename makes it the checkpoint
+    if os.path.exists(path):
+        os.replace(path, path + ".prev")
+    os.replace(tmp, path)
+    _fsync_dir(path)
+
+
+def _shape_ok(shape: tuple, want) -> bool:
+    return want is None or (len(shape) == len(want) and all(w is None or w == s for s, w in zip(shape, want)))
+
+
+class _Opened:
+    """A verified candidate: the open file, its meta and the layout of every group."""
+
+    def __init__(self, fh, f, meta, layouts):
+        self.fh, self.f, self.meta, self.layouts = fh, f, meta, layouts
+
+    def close(self):
+        self.f.close()
+        self.fh.close()
+
+
+def _open_verified(path: str, kind: str, nranks: int, expect: dict, spec, meta_ints=()) -> _Opened:
+    """Opens ``path`` after checking its raw bytes, structure and identity; CheckpointError if not."""
+    fh = open(path, "rb")
+    f = None
     try:
-        with h5py.File(path, "r") as f:
-            attrs = dict(f.attrs)
-            groups = {g: {n: f[g][n][()] for n in f[g]} for g in f}
-    except (OSError, KeyError) as err:
-        raise CheckpointError(f"checkpoint {path!r} cannot be read ({err}); it is truncated or not HDF5")
-    if attrs.get("schema_version") != SCHEMA_VERSION:
+        size = os.fstat(fh.fileno()).st_size
+        if size < TRAILER.size:
+            raise CheckpointError(f"checkpoint {path!r} fails its checksum: it is truncated ({size} bytes)")
+        fh.seek(size - TRAILER.size)
+        magic, length, digest = TRAILER.unpack(fh.read(TRAILER.size))
+        if magic != MAGIC:
+            raise CheckpointError(f"checkpoint {path!r} fails its checksum (it has no paraflow_hpc trailer): it "
+                                  f"was truncated or edited, is not a checkpoint, or predates schema {SCHEMA_VERSION}")
+        if length != size - TRAILER.size or _image_digest(fh, length) != digest.hex():
+            raise CheckpointError(f"checkpoint {path!r} fails its checksum: it was truncated or edited")
+        fh.seek(0)
+        try:
+            f = h5py.File(fh, "r")
+            layouts, meta = _check_structure(f, size, path, kind, nranks, expect, spec, meta_ints)
+        except CheckpointError:
+            raise
+        except SchemaError as err:
+            raise CheckpointError(f"checkpoint {path!r} is refused: {err}") from None
+        except Exception as err:   # whatever HDF5 makes of a file that passed the checksum
+            raise CheckpointError(f"checkpoint {path!r} cannot be read ({type(err).__name__}: {err})") from None
+        return _Opened(fh, f, meta, layouts)
+    except BaseException:
+        if f is not None:
+            f.close()
+        fh.close()
+        raise
+
+
+def _check_structure(f, size, path, kind, nranks, expect, spec, meta_ints):
+    version = int_attr(f.attrs, "schema_version")
+    if version != SCHEMA_VERSION:
+        raise CheckpointError(f"checkpoint {path!r} has schema version {version}, "
+                              f"this version of paraflow_hpc reads {SCHEMA_VERSION}")
+    datasets = check_tree(f, size)
+    file_kind = text_attr(f.attrs, "kind")
+    file_nranks = int_attr(f.attrs, "nranks")
+    try:
+        meta = json.loads(text_attr(f.attrs, "meta"))
+    except json.JSONDecodeError as err:
+        raise SchemaError(f"attribute /@meta is not JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise SchemaError("attribute /@meta is not a JSON object")
+    if file_kind != kind:
+        raise CheckpointError(f"checkpoint {path!r} is from method {file_kind!r}, not {kind!r}")
+    if file_nranks != nranks:
         raise CheckpointError(
-            f"checkpoint {path!r} has schema version {attrs.get('schema_version')}, "
-            f"this version of paraflow_hpc reads {SCHEMA_VERSION}")
-    meta_json = str(attrs.get("meta", ""))
-    digest = _digest(str(attrs.get("kind")), int(attrs.get("nranks", -1)), meta_json, groups)
-    if digest != attrs.get("sha256"):
-        raise CheckpointError(f"checkpoint {path!r} fails its checksum: it was truncated or edited")
-    if attrs["kind"] != kind:
-        raise CheckpointError(f"checkpoint {path!r} is from method {attrs['kind']!r}, not {kind!r}")
-    if int(attrs["nranks"]) != nranks:
-        raise CheckpointError(
-            f"checkpoint {path!r} was written by {int(attrs['nranks'])} ranks; restart with "
-            f"mpirun -n {int(attrs['nranks'])} (this run has {nranks})")
-    meta = json.loads(meta_json)
+            f"checkpoint {path!r} was written by {file_nranks} ranks; restart with "
+            f"mpirun -n {file_nranks} (this run has {nranks})")
     for key, value in expect.items():
         if meta.get(key) != value:
             raise CheckpointError(
                 f"checkpoint {path!r} has {key} = {meta.get(key)!r}, this run has {value!r}; "
                 "restart with the configuration that wrote it")
-    return meta, groups
+    for key in meta_ints:
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SchemaError(f"meta entry {key!r} = {value!r} is not a count (an integer >= 0)")
+    groups = ["root"] + [f"rank_{r:05d}" for r in range(nranks)]
+    if sorted(f) != sorted(groups):
+        raise SchemaError(f"top-level objects {sorted(f)[:5]} are not /root and /rank_00000.. /rank_{nranks - 1:05d}")
+    layouts = {}
+    for index, group in enumerate(groups):
+        if not isinstance(f[group], h5py.Group):
+            raise SchemaError(f"/{group} is not a group")
+        layout = []
+        for name in f[group]:
+            ds = datasets.get(f"{group}/{name}")
+            if ds is None:
+                raise SchemaError(f"/{group}/{name} is not a dataset")
+            if ds.dtype.kind not in "biufc":
+                raise SchemaError(f"/{group}/{name} has dtype {ds.dtype}; checkpoints hold numbers only")
+            layout.append((name, ds.dtype.str, ds.shape))
+        if spec is not None:
+            want = spec("root" if index == 0 else index - 1, nranks)
+            names = sorted(n for n, _, _ in layout)
+            if names != sorted(want):
+                raise SchemaError(f"/{group} holds {names}, this run expects {sorted(want)}")
+            for name, dt, shape in layout:
+                want_shape, kinds = want[name]
+                if not _shape_ok(shape, want_shape):
+                    expected = tuple("any" if w is None else w for w in want_shape)
+                    raise SchemaError(f"/{group}/{name} has shape {shape}, this run expects {expected}")
+                if np.dtype(dt).kind not in kinds:
+                    raise SchemaError(f"/{group}/{name} has dtype {np.dtype(dt)}, this run expects "
+                                      + {"f": "floats", "i": "integers", "c": "complex numbers"}.get(kinds, kinds))
+        layouts[group] = layout
+    return layouts, meta
 
 
-def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None):
-    """Collective: rank 0 reads and verifies; returns (meta, this rank's arrays, root arrays).
+def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_ints):
+    """Rank 0: the first usable candidate of (path, path.prev) opened, or None and the error."""
+    notes = []
+    for candidate in (path, path + ".prev"):
+        if not os.path.exists(candidate):
+            notes.append(f"checkpoint {candidate!r} does not exist")
+            continue
+        try:
+            opened = _open_verified(candidate, kind, comm.size, expect, spec, meta_ints)
+        except CheckpointError as err:
+            notes.append(str(err))
+            continue
+        except OSError as err:
+            notes.append(f"checkpoint {candidate!r} cannot be opened ({err.strerror or err})")
+            continue
+        if candidate != path:
+            print(f"warning: {notes[-1]}; using the previous checkpoint {candidate!r}", flush=True)
+        return opened, None
+    return None, notes[0] if len(notes) == 1 or "does not exist" in notes[1] else "; ".join(notes)
 
-    ``expect`` holds meta entries that must match this run (problem, sizes ...).
-    A checkpoint that fails verification is refused; its ``.prev`` is used if valid.
-    """
-    result, error, notes = None, None, []
-    if comm.rank == 0:
-        for candidate in (path, path + ".prev"):
-            if not os.path.exists(candidate):
-                notes.append(f"checkpoint {candidate!r} does not exist")
-                continue
-            try:
-                result = _read_file(candidate, kind, comm.size, expect or {})
-                if candidate != path:
-                    print(f"warning: {notes[-1]}; using the previous checkpoint {candidate!r}", flush=True)
-                break
-            except CheckpointError as err:
-                notes.append(str(err))
-        if result is None:
-            error = notes[0] if len(notes) == 1 or "does not exist" in notes[1] else "; ".join(notes)
-    error = comm.bcast(error, root=0)
+
+def verify_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec=None,
+                      meta_ints=()) -> None:
+    """Collective: raises :class:`CheckpointError` on every rank unless ``path`` (or its
+    ``.prev``) can be resumed by this run; reads no array data. For a check up front."""
+    error = None
+    with collective(comm, f"checking checkpoint {path}"):
+        if comm.rank == 0:
+            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_ints)
+            if opened is not None:
+                opened.close()
+        error = comm.bcast(error, root=0)
     if error:
         raise CheckpointError(error)
-    meta, groups = result if comm.rank == 0 else (None, None)
-    meta = comm.bcast(meta, root=0)
-    root = comm.bcast(groups.pop("root", {}) if comm.rank == 0 else None, root=0)
-    mine = comm.scatter([groups[f"rank_{r:05d}"] for r in range(comm.size)] if comm.rank == 0 else None, root=0)
+
+
+def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec=None, meta_ints=()):
+    """Collective: rank 0 verifies; returns (meta, this rank's arrays, root arrays).
+
+    ``expect`` holds meta entries that must match this run (problem, sizes ...). ``spec``,
+    if given, is a function ``spec(group, nranks)`` of ``"root"`` or a rank number returning
+    ``{name: (shape, kinds)}`` for the arrays that group must hold: ``shape`` a tuple (a ``None``
+    dimension, or ``None`` for the whole shape: any), ``kinds`` the allowed numpy dtype kinds
+    (e.g. ``"f"``). A checkpoint that fails
+    verification is refused; its ``.prev`` is used if valid. ``meta_ints``: meta entries that
+    must be counts (integers >= 0), such as ``"iteration"``. Raises :class:`CheckpointError`
+    on every rank when neither can be used.
+    """
+    error = None
+    with collective(comm, f"reading checkpoint {path}"):
+        opened = None
+        if comm.rank == 0:
+            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_ints)
+        error = comm.bcast(error, root=0)
+        if error is None:
+            meta, layouts = comm.bcast((opened.meta, opened.layouts) if comm.rank == 0 else None, root=0)
+            try:
+                root = {}
+                for name, dt, shape in layouts["root"]:
+                    root[name] = _transfer(comm, opened, "root", name, dt, shape, None)
+                mine = {}
+                for r in range(comm.size):
+                    for name, dt, shape in layouts[f"rank_{r:05d}"]:
+                        arr = _transfer(comm, opened, f"rank_{r:05d}", name, dt, shape, r)
+                        if comm.rank == r:
+                            mine[name] = arr
+            finally:
+                if opened is not None:
+                    opened.close()
+    if error:
+        raise CheckpointError(error)
     return meta, mine, root
+
+
+def _transfer(comm, opened, group, name, dt, shape, dest):
+    """Rank 0 reads ``group/name`` block by block and sends it to ``dest`` (None: every rank);
+    returns the array on the receiving rank(s), None elsewhere. Rank 0 holds one block at a time."""
+    keep = dest is None or comm.rank == dest
+    out = np.empty(shape, dtype=dt) if keep else None
+    ds = opened.f[group][name] if comm.rank == 0 else None
+    for rows in _blocks(shape, np.dtype(dt).itemsize):
+        if keep:
+            buf = out if rows is None else out[rows]
+        elif comm.rank == 0:
+            buf = np.empty(shape if rows is None else (rows.stop - rows.start,) + tuple(shape[1:]), dtype=dt)
+        else:
+            continue
+        if comm.rank == 0 and buf.size:
+            ds.read_direct(buf, np.s_[()] if rows is None else np.s_[rows])
+        if dest is None:
+            for piece in _pieces(buf):
+                comm.Bcast(piece, root=0)
+        elif dest != 0:
+            (_send if comm.rank == 0 else _recv)(comm, buf, dest if comm.rank == 0 else 0)
+    return out

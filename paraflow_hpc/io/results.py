@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import socket
 import subprocess
@@ -25,7 +26,11 @@ import sys
 import h5py
 import numpy as np
 
+from mpi4py import MPI
+
 from ..comm import allgather_per_rank, collective, mpi_library_version
+
+CHUNK_BYTES = 64 * 2**20   # largest MPI message / MPI-IO write; a test lowers it to check the blocks
 
 
 def parallel_hdf5_available() -> bool:
@@ -100,9 +105,9 @@ def write_result(comm, path: str, *, method: str, config: dict, history: dict | 
                  solution: dict | None = None,
                  data: dict | None = None, attrs: dict | None = None) -> None:
     """Collective. ``solution`` maps names to this rank's slice (axis 0) of a distributed array;
-    ``history``/``data``/``attrs`` are taken from rank 0."""
-    from mpi4py import MPI
-
+    ``history``/``data``/``attrs`` are taken from rank 0. Slices of any size: written (or sent
+    to rank 0) in blocks of at most :data:`CHUNK_BYTES`. The file appears under ``path`` only
+    when complete (written as ``path.partial-<pid>``, fsync'ed, renamed, directory fsync'ed)."""
     solution = {k: np.ascontiguousarray(v) for k, v in (solution or {}).items()}
     per_rank = {"timings": allgather_per_rank(comm, timings or {}),
                 "counters": allgather_per_rank(comm, counters or {})}
@@ -120,30 +125,94 @@ def write_result(comm, path: str, *, method: str, config: dict, history: dict | 
         }
         history = {k: np.asarray(v) for k, v in (history or {}).items()}
         data = {k: np.asarray(v) for k, v in (data or {}).items()}
-    meta, history, data = comm.bcast((meta, history, data) if comm.rank == 0 else None, root=0)
-    tmp = f"{path}.tmp"
+    # Other ranks create the same datasets (collective metadata) but write none of rank 0's
+    # data: they get names, shapes and dtypes only, never a pickled copy of the arrays.
+    shapes = comm.bcast((meta, _describe(history), _describe(data)) if comm.rank == 0 else None, root=0)
+    if comm.rank != 0:
+        meta, history, data = shapes[0], _placeholders(shapes[1]), _placeholders(shapes[2])
+    tmp = partial_name(path, comm.bcast(os.getpid(), root=0))
     parallel = comm.size > 1 and parallel_hdf5_available()
-    if comm.rank == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    comm.Barrier()
     # Any failure on one rank while the others sit in a collective write/close ends all ranks.
     with collective(comm, f"writing result {path}"):
+        if comm.rank == 0:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        comm.Barrier()
         if parallel:
             with h5py.File(tmp, "w", driver="mpio", comm=comm) as f:
                 with collective(comm, f"writing result {path}"):
                     _write_layout(f, comm, meta, config, history, per_rank, solution, layout, data,
                                   own_rank=True)
         else:
-            gathered = comm.gather(solution, root=0)
+            _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout, data)
+        comm.Barrier()
+        if comm.rank == 0:
+            _fsync_file(tmp)   # the data is on disk before the rename makes it the result
+            os.replace(tmp, path)
+            _fsync_dir(path)
+        comm.Barrier()
+
+
+def partial_name(path: str, pid: int) -> str:
+    """The temporary name a result is written under: never mistaken for a result, and removed
+    by the next run that writes ``path`` (see :mod:`paraflow_hpc.io.paths`)."""
+    return f"{path}.partial-{pid}"
+
+
+def _describe(arrays: dict) -> list[tuple[str, str, tuple]]:
+    return [(name, arr.dtype.str, arr.shape) for name, arr in arrays.items()]
+
+
+def _placeholders(layout) -> dict[str, np.ndarray]:
+    """Arrays of the right shape and dtype that take no memory (read-only broadcasts of a zero)."""
+    return {name: np.broadcast_to(np.zeros((), dtype=dt), shape) for name, dt, shape in layout}
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    _fsync_file(os.path.dirname(os.path.abspath(path)) or ".")
+
+
+def _row_blocks(n_rows: int, row_bytes: int) -> list[slice]:
+    """Row ranges of at most CHUNK_BYTES (at least one row): MPI-IO and MPI counts are ints."""
+    step = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
+
+
+def _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout, data) -> None:
+    """Without parallel HDF5 (or on one rank): rank 0 writes the file, receiving every other
+    rank's slices as numpy buffers in blocks of at most CHUNK_BYTES (no pickles, any size)."""
+    f = h5py.File(tmp, "w") if comm.rank == 0 else None
+    try:
+        if comm.rank == 0:
+            _write_layout(f, comm, meta, config, history, per_rank, {}, {}, data, own_rank=False)
+            sol = f.create_group("solution")
+        for name, arr in solution.items():
+            counts = layout[name]
             if comm.rank == 0:
-                whole = {name: np.concatenate([g[name] for g in gathered]) for name in solution}
-                with h5py.File(tmp, "w") as f:
-                    _write_layout(f, comm, meta, config, history, per_rank, whole,
-                                  {n: [sum(layout[n])] for n in layout}, data, own_rank=False)
-    comm.Barrier()
-    if comm.rank == 0:
-        os.replace(tmp, path)
-    comm.Barrier()
+                ds = sol.create_dataset(name, shape=(sum(counts),) + arr.shape[1:], dtype=arr.dtype)
+            row_bytes = math.prod(arr.shape[1:]) * arr.itemsize
+            start = 0
+            for r, count in enumerate(counts):
+                for rows in _row_blocks(count, row_bytes):
+                    if comm.rank == 0:
+                        block = arr[rows] if r == 0 else np.empty((rows.stop - rows.start,) + arr.shape[1:],
+                                                                  dtype=arr.dtype)
+                        if r != 0:
+                            comm.Recv(block.reshape(-1).view(np.uint8), source=r, tag=11)
+                        ds[start + rows.start:start + rows.stop] = block
+                    elif comm.rank == r:
+                        comm.Send(np.ascontiguousarray(arr[rows]).reshape(-1).view(np.uint8), dest=0, tag=11)
+                start += count
+    finally:
+        if f is not None:
+            f.close()
 
 
 def _write_layout(f, comm, meta, config, history, per_rank, solution, layout, data, own_rank):
@@ -169,19 +238,23 @@ def _write_layout(f, comm, meta, config, history, per_rank, solution, layout, da
             elif is_root:
                 ds[...] = arr
     f["timings"].attrs["unit"] = "seconds"
+    if not own_rank:
+        return   # the solution is written by _write_gathered
     sol = f.create_group("solution")
     for name, arr in solution.items():
         counts = layout[name]
         ds = sol.create_dataset(name, shape=(sum(counts),) + arr.shape[1:], dtype=arr.dtype)
-        start = sum(counts[:comm.rank]) if own_rank else 0
-        if own_rank:
-            with ds.collective:
-                if arr.shape[0]:
-                    ds[start:start + arr.shape[0]] = arr
+        start = sum(counts[:comm.rank])
+        row_bytes = math.prod(arr.shape[1:]) * arr.itemsize
+        blocks = _row_blocks(arr.shape[0], row_bytes)
+        # every rank makes the same number of collective writes; a rank out of rows writes nothing
+        rounds = comm.allreduce(len(blocks), op=MPI.MAX)
+        with ds.collective:
+            for i in range(rounds):
+                if i < len(blocks):
+                    ds[start + blocks[i].start:start + blocks[i].stop] = arr[blocks[i]]
                 else:
                     _empty_collective_write(ds)
-        else:
-            ds[...] = arr
 
 
 def _empty_collective_write(ds) -> None:

@@ -6,15 +6,35 @@ because the job is being preempted.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import field
 
-from ..comm import StopRequest
+import numpy as np
+from mpi4py import MPI
+
+from ..comm import NonFiniteError, StopRequest
 from ..config import option
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.datafile import read_data, split_off_test
 from ..problems.contract import METHODS, load_problem
 
 EXIT_PREEMPTED = 3  # the job scripts requeue on this exit code
+# A training run whose final loss is more than this factor above its initial loss has blown up (a
+# step or learning rate too large for the problem): a warning and a file attribute, not an error,
+# since the loss is still finite (a non-finite one is NonFiniteError, exit 4). docs/paraflow.md.
+BLOWUP_FACTOR = 10.0
+
+
+def blew_up(comm, method: str, initial: float, final: float, flag: str = "blew_up") -> bool:
+    """Collective-free (the losses are the same on every rank): True if ``final`` exceeds
+    BLOWUP_FACTOR * ``initial``, with one warning on stderr (rank 0) in every mode; ``flag`` is
+    the result-file attribute the caller stores it in."""
+    grew = bool(final > BLOWUP_FACTOR * initial)
+    if grew and comm.rank == 0:
+        print(f"warning: {method} blew up: its loss grew from {initial:.6e} to {final:.6e} (more than "
+              f"{BLOWUP_FACTOR:g} x the initial loss): the step is too large for this problem; the result "
+              f"file flags it (attribute {flag})", file=sys.stderr, flush=True)
+    return grew
 
 
 class CheckpointHook:
@@ -23,13 +43,24 @@ class CheckpointHook:
     def __init__(self, comm, cfg, kind: str, identity: dict, progress=None):
         self.comm, self.kind, self.identity = comm, kind, identity
         self.path, self.every = cfg.checkpoint, cfg.checkpoint_every
+        self.spec = getattr(cfg, "checkpoint_spec", None)   # names and shapes a checkpoint must hold
         self.stop = StopRequest.install()
         self.progress = progress
         self.written = 0
 
-    def __call__(self, iteration: int, rank_arrays, root_arrays=None, meta=None) -> bool:
-        """Collective. ``rank_arrays``/``root_arrays`` are callables, only evaluated when saving."""
-        stop = self.stop.agreed(self.comm)
+    def __call__(self, iteration: int, rank_arrays, root_arrays=None, meta=None, finite: bool = True) -> bool:
+        """Collective. ``rank_arrays``/``root_arrays`` are callables, only evaluated when saving.
+
+        ``finite``: this rank's state is finite. If it is not on some rank, every rank raises
+        :class:`NonFiniteError` naming ``iteration`` and nothing is written, so the last
+        checkpoint stays the last finite state (the check rides on the stop agreement's reduction).
+        """
+        flags = np.array([int(self.stop.flag), int(not finite)])
+        self.comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
+        stop, bad = bool(flags[0]), bool(flags[1])
+        if bad:
+            raise NonFiniteError(f"non-finite state after iteration {iteration} (the step size or learning "
+                                 "rate is too large for this problem)")
         if stop or (self.every and iteration % self.every == 0):
             save_checkpoint(self.comm, self.path, self.kind, {**self.identity, **(meta or {}),
                                                               "iteration": iteration},
@@ -41,7 +72,7 @@ class CheckpointHook:
         return stop
 
     def load(self, path: str):
-        return load_checkpoint(self.comm, path, self.kind, self.identity)
+        return load_checkpoint(self.comm, path, self.kind, self.identity, self.spec, meta_ints=("iteration",))
 
 
 # --- the problem of a run: one door (problems.contract.load_problem) for built-ins and users' ---

@@ -13,7 +13,8 @@ from ..comm import Progress, torch_device
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
 from ..problems.resnet import SCHEMES, ResNetSpec, init_params
-from .common import EXIT_PREEMPTED, CheckpointHook, configured_problem, problem_args_option, problem_option
+from .common import (EXIT_PREEMPTED, CheckpointHook, blew_up, configured_problem, problem_args_option,
+                     problem_option)
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -128,7 +129,9 @@ def main(cfg: Config, comm) -> int:
         progress(f"restarting from {cfg.restart} after iteration {resume.k}")
 
     def after_iteration(state: LayerParallelState) -> bool:
-        return hook(state.k, state.rank_arrays, state.root_arrays)
+        # a non-finite weight on any rank stops every rank before it reaches a checkpoint
+        finite = all(bool(torch.isfinite(t).all()) for t in state.net.params.values())
+        return hook(state.k, state.rank_arrays, state.root_arrays, finite=finite)
 
     result = train(comm, spec, params, data, **train_options(cfg), resume=resume,
                    after_iteration=after_iteration, progress=progress)
@@ -150,7 +153,9 @@ def main(cfg: Config, comm) -> int:
         attrs={"iterations": result.iterations, "final_train_accuracy": float(evals["train_accuracy"][-1]),
                "final_test_accuracy": float(evals["test_accuracy"][-1]),
                "train_seconds": float(evals["seconds"][-1]), "device": device.type,
-               "restarted_from": cfg.restart})
+               "restarted_from": cfg.restart,
+               "blew_up": blew_up(comm, "layer-parallel training", float(evals["train_loss"][0]),
+                                  float(evals["train_loss"][-1]))})
     progress(f"done: {result.iterations} iterations, train accuracy {evals['train_accuracy'][-1]:.4f}, "
              f"test accuracy {evals['test_accuracy'][-1]:.4f}, training time {evals['seconds'][-1]:.2f} s; "
              f"result written to {cfg.output}")

@@ -11,14 +11,14 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from ..algorithms.paraflow import FlowState, paraflow
-from ..comm import Progress, torch_device
+from ..algorithms.paraflow import FlowResult, FlowState, paraflow, paraflow_window_cost
+from ..comm import NonFiniteError, Progress, torch_device
 from ..config import RunConfig, option, require
 from ..io.results import write_result
 from ..problems.networks import REDUCTIONS
 from ..steppers import FINE_OPTIMIZERS, BatchSchedule, Coarse, Fine, Point
-from .common import (EXIT_PREEMPTED, CheckpointHook, configured_problem, data_option, problem_args_option,
-                     problem_option)
+from .common import (EXIT_PREEMPTED, CheckpointHook, blew_up, configured_problem, data_option,
+                     problem_args_option, problem_option)
 
 HISTORY_INT = ("selected", "evaluated", "budget_used", "fine_steps")
 
@@ -66,6 +66,16 @@ class FlowConfig(RunConfig):
         """The training problem on ``device`` (loaded and probed once per device)."""
         return configured_problem(self, "network", reduction=None if self.reduction == "default" else self.reduction,
                                   device=str(device))
+
+    def costs(self) -> tuple[int, int, int]:
+        """(cost of one F, N, extra cost of one G) in per-sample gradients."""
+        n = self.load_problem("cpu").n_samples
+        return self.n_f * (self.batch_size or n), n, (self.coarse_steps - 1) * n
+
+    def require_budget(self, minimum: int, what: str) -> None:
+        require(self.budget == 0 or self.budget >= minimum,
+                f"budget = {self.budget} is less than {what}, {minimum} per-sample gradients; "
+                f"use --budget {minimum} or more")
 
     def identity(self) -> dict:
         skip = {"output", "checkpoint", "checkpoint_every", "restart", "quiet", "device"}
@@ -116,6 +126,13 @@ def checkpointing(comm, cfg, kind: str, progress):
     return hook, resume, after_iteration
 
 
+def check_finite(result: FlowResult, method: str, unit: str, eta: float) -> None:
+    """Collective-free (``result`` is the same on every rank): NonFiniteError if the run blew up."""
+    if result.stop_reason == "non_finite":
+        raise NonFiniteError(f"{method}: non-finite loss L = {result.loss} in {unit} {result.iterations}: "
+                             f"the step eta = {eta:g} is too large for this problem; lower --eta")
+
+
 def history_arrays(history: dict) -> dict[str, np.ndarray]:
     return {k: np.array(v, dtype=np.int64 if k in HISTORY_INT else float) for k, v in history.items()}
 
@@ -130,6 +147,9 @@ class Config(FlowConfig):
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
         require(self.n_g >= 0, f"n_g = {self.n_g}: must be >= 0 (0: one subinterval per rank)")
+        fine_cost, n, coarse_extra = self.costs()
+        self.require_budget(paraflow_window_cost(self.n_g or comm_size, self.init, False, fine_cost, n, coarse_extra),
+                            "one ParaFlow window")
 
 
 def main(cfg: Config, comm) -> int:
@@ -149,6 +169,7 @@ def main(cfg: Config, comm) -> int:
                       grad_tol=cfg.grad_tol, resume=resume, after_iteration=after_iteration, progress=progress)
     comm.Barrier()
     seconds = MPI.Wtime() - t0
+    check_finite(result, "ParaFlow", "window", cfg.eta)
     if result.interrupted:
         progress(f"stopped after window {result.iterations}; resume with --restart {cfg.checkpoint}")
         return EXIT_PREEMPTED
@@ -160,7 +181,8 @@ def main(cfg: Config, comm) -> int:
                  attrs={"final_loss": result.loss, "iterations": result.iterations,
                         "budget_used": result.budget_used, "stop_reason": result.stop_reason,
                         "n_g": n_g, "n_samples": problem.n_samples, "n_params": problem.n_params,
-                        "loss_reduction": problem.reduction, "seconds": seconds, "restarted_from": cfg.restart})
+                        "loss_reduction": problem.reduction, "seconds": seconds, "restarted_from": cfg.restart,
+                        "blew_up": blew_up(comm, "ParaFlow", result.history["loss"][0], result.loss)})
     progress(f"done: {result.iterations} windows, L = {result.loss:.6e}, budget used {result.budget_used} "
              f"({result.stop_reason}), {seconds:.2f} s; result written to {cfg.output}")
     return 0

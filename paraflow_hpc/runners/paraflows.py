@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from mpi4py import MPI
 
-from ..algorithms.paraflow import SELECTIONS, baseline, paraflows
-from ..comm import Progress, StopRequest, Timers
+from ..algorithms.paraflow import SELECTIONS, baseline, paraflows, paraflows_min_budget
+from ..comm import NonFiniteError, Progress, StopRequest, Timers
 from ..config import option, require
 from ..io.results import write_result
-from .common import EXIT_PREEMPTED
-from .paraflow import FlowConfig, build, checkpointing, history_arrays
+from .common import EXIT_PREEMPTED, blew_up
+from .paraflow import FlowConfig, build, check_finite, checkpointing, history_arrays
 
 
 @dataclass
@@ -32,6 +32,8 @@ class Config(FlowConfig):
         require(self.n_g >= 0, f"n_g = {self.n_g}: must be >= 0")
         require(not self.baseline or self.budget > 0,
                 "baseline = true needs a budget to compare at; set --budget or --baseline false")
+        self.require_budget(paraflows_min_budget(self.n_g, self.keep_start, *self.costs()),
+                            "one ParaFlowS window up to its first coarse candidate")
 
 
 def main(cfg: Config, comm) -> int:
@@ -66,17 +68,25 @@ def main(cfg: Config, comm) -> int:
         return EXIT_PREEMPTED
     result = comm.bcast(result, root=0)
     base = comm.bcast(base, root=baseline_rank)
+    check_finite(result, "ParaFlowS", "window", cfg.eta)
+    if base is not None and base.stop_reason == "non_finite":
+        raise NonFiniteError(f"the GD/SGD baseline: non-finite batch loss at step {base.iterations} (eta = "
+                             f"{cfg.eta:g} is too large for it; ParaFlowS itself ended at L = {result.loss:.6e}); "
+                             "use --baseline false to run ParaFlowS alone")
     seconds = {"paraflows": comm.bcast(timers.seconds.get("paraflows", math.nan), root=0),
                "baseline": comm.bcast(timers.seconds.get("baseline", math.nan), root=baseline_rank)}
     attrs = {"final_loss": result.loss, "iterations": result.iterations, "budget_used": result.budget_used,
              "stop_reason": result.stop_reason, "n_samples": problem.n_samples, "n_params": problem.n_params,
              "loss_reduction": problem.reduction, "paraflows_seconds": seconds["paraflows"],
-             "restarted_from": cfg.restart}
+             "restarted_from": cfg.restart,
+             "blew_up": blew_up(comm, "ParaFlowS", result.history["loss"][0], result.loss)}
     history = history_arrays(result.history)
     if base is not None:
         ratio = result.loss / base.loss if base.loss > 0 else math.nan
         attrs.update(baseline_loss=base.loss, baseline_steps=base.iterations, baseline_budget_used=base.budget_used,
-                     ratio=ratio, baseline_seconds=seconds["baseline"])
+                     ratio=ratio, baseline_seconds=seconds["baseline"],
+                     baseline_blew_up=blew_up(comm, "the GD/SGD baseline", base.history["loss"][0], base.loss,
+                                              "baseline_blew_up"))
     counters = {**(result.counters if comm.rank == 0 else {}),
                 **({"baseline_gradient_evaluations": base.budget_used} if comm.rank == baseline_rank and base else {}),
                 "gradient_evaluations_counted_by_problem": problem.gradient_evaluations,
@@ -87,7 +97,7 @@ def main(cfg: Config, comm) -> int:
     message = (f"done: {result.iterations} windows, L = {result.loss:.6e}, budget used {result.budget_used} "
                f"({result.stop_reason})")
     if base is not None:
-        message += f"; GD/SGD at the same budget: L = {base.loss:.6e}, R = {attrs['ratio']:.4f}"
+        message += f"; GD/SGD at the same budget: L = {base.loss:.6e}, R = {attrs['ratio']:.4g}"
     progress(message + f"; result written to {cfg.output}")
     return 0
 

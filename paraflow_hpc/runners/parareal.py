@@ -1,7 +1,6 @@
 """``paraflow-hpc run parareal``: options, problem and propagators from the config, HDF5 out."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -9,7 +8,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..algorithms.parareal import PararealState, parareal, serial_fine, subinterval_bounds
-from ..comm import Progress, Timers
+from ..comm import NonFiniteError, Progress, Timers, block_partition
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
 from ..propagators import PROPAGATORS, make_propagator
@@ -60,6 +59,16 @@ class Config(RunConfig):
                 "fine_rtol", "fine_atol", "tol", "k_max", "reference")
         return {key: getattr(self, key) for key in keys}
 
+    def checkpoint_spec(self, rank, nranks: int) -> dict:
+        """The arrays a checkpoint of this run holds: rank ``rank``'s block (m subintervals) of
+        values of the problem's shape d, or the shared histories (``rank == "root"``)."""
+        if rank == "root":
+            return {"jumps": ((None,), "f"), "errors": ((None,), "f")}
+        d = np.shape(configured_problem(self, "ode").y0())
+        a, b = block_partition(self.intervals, nranks, rank)
+        return {"boundaries": ((b - a + 1,) + d, "f"), "coarse_old": ((b - a,) + d, "f"),
+                "fine": ((b - a,) + d, "f")}
+
 
 def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
@@ -83,35 +92,50 @@ def main(cfg: Config, comm) -> int:
         progress(f"serial fine solution: {serial_seconds:.3f} s")
 
     hook = CheckpointHook(comm, cfg, "parareal", cfg.identity(), progress)
+    # Counters and the run time so far of this rank, checkpointed so that a restarted run reports
+    # totals over all its segments: fine_calls, coarse_calls, rhs_evaluations, seconds.
+    done = np.zeros(4)
     resume = None
     if cfg.restart:
         meta, arrays, root = hook.load(cfg.restart)
         resume = PararealState(int(meta["iteration"]), arrays["boundaries"], arrays["coarse_old"],
                                arrays["fine"], list(root["jumps"]), list(root["errors"]))
+        done = arrays["counters"].astype(float)
         progress(f"restarting from {cfg.restart} after iteration {resume.k}")
+
+    calls = {"fine": 0, "coarse": 0}
+
+    def counted(propagator, key):
+        def call(*args):
+            calls[key] += 1
+            return propagator(*args)
+        return call
+
+    def so_far() -> np.ndarray:
+        return done + [calls["fine"], calls["coarse"], problem.nfev, run_timers.elapsed()]
 
     def after_iteration(state: PararealState) -> bool:
         return hook(state.k, lambda: {"boundaries": state.boundaries, "coarse_old": state.coarse_old,
-                                      "fine": state.fine},
+                                      "fine": state.fine, "counters": so_far()},
                     lambda: {"jumps": np.array(state.jumps), "errors": np.array(state.errors)})
 
     problem.nfev = 0
     comm.Barrier()
     run_timers = Timers()
     try:
-        result = parareal(comm, coarse, fine, y0, times, tol=cfg.tol, k_max=cfg.k_max or cfg.intervals,
-                          reference=reference, resume=resume, after_iteration=after_iteration,
-                          progress=progress)
-    except FloatingPointError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 1
+        result = parareal(comm, counted(coarse, "coarse"), counted(fine, "fine"), y0, times, tol=cfg.tol,
+                          k_max=cfg.k_max or cfg.intervals, reference=reference, resume=resume,
+                          after_iteration=after_iteration, progress=progress)
+    except FloatingPointError as err:   # raised on every rank alike, from the reduced update norm
+        raise NonFiniteError(str(err)) from None
     comm.Barrier()
-    parareal_seconds = comm.allreduce(run_timers.elapsed(), op=MPI.MAX)
+    total = so_far()
+    parareal_seconds = comm.allreduce(total[3], op=MPI.MAX)
     if result.interrupted:
         progress(f"stopped after iteration {result.iterations}; resume with --restart {cfg.checkpoint}")
         return EXIT_PREEMPTED
 
-    counters = {"fine_calls": result.fine_calls, "coarse_calls": result.coarse_calls, "rhs_evaluations": problem.nfev}
+    counters = {"fine_calls": int(total[0]), "coarse_calls": int(total[1]), "rhs_evaluations": int(total[2])}
     write_result(
         comm, cfg.output, method="parareal", config=cfg.as_dict(),
         # indexed by iteration k = 0..K; the update is undefined at k = 0
@@ -121,7 +145,9 @@ def main(cfg: Config, comm) -> int:
         data={"times": times, "y0": y0},
         attrs={"iterations": result.iterations, "converged": result.converged,
                "serial_fine_seconds": serial_seconds, "parareal_seconds": parareal_seconds,
-               "speedup": serial_seconds / parareal_seconds, "restarted_from": cfg.restart})
+               "speedup": serial_seconds / parareal_seconds, "restarted_from": cfg.restart,
+               "timings_cover": "timings/: this segment of the run only (since its start or restart); "
+                                "counters, parareal_seconds and speedup: all segments together"})
     final = comm.bcast(result.boundaries[-1] if comm.rank == comm.size - 1 else None, root=comm.size - 1)
     progress(f"done: {result.iterations} iterations, converged = {result.converged}, "
              f"final error vs serial fine = {result.errors[-1] if result.errors else float('nan'):.3e}, "

@@ -7,15 +7,16 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from ..algorithms.paso import ADAPTIVE, OPTIMIZERS, OptimizerSpec, PasoState, paso, sequential_reference
-from ..comm import Progress, Timers, torch_device
+from .. import validation
+from ..algorithms.paso import (ADAPTIVE, DEFAULT_ADAPT, DEFAULT_EMA_DECAY, OPTIMIZERS, OptimizerSpec, PasoState,
+                              paso, sequential_reference)
+from ..comm import NonFiniteError, Progress, Timers, torch_device
 from ..config import RunConfig, option, require
 from ..io.results import write_result
-from .common import (EXIT_PREEMPTED, CheckpointHook, configured_problem, data_option, problem_args_option,
-                     problem_option)
+from .common import (EXIT_PREEMPTED, CheckpointHook, blew_up, configured_problem, data_option,
+                     problem_args_option, problem_option)
 
 EXIT_BAD_INPUT = 2  # as the CLI's
-EXIT_DIVERGED = 4
 TRAJECTORY_MEMORY_LIMIT = 2 * 1024 ** 3  # bytes of the reference trajectory each rank may hold
 
 
@@ -39,8 +40,8 @@ class Config(RunConfig):
     clip_norm: float = option(0.0, "clip each step's gradient to this global norm, as "
                               "torch.nn.utils.clip_grad_norm_ (0: off)")
     tol: float = option(1e-10, "initial tolerance δ of rule (9); with tol_adapt = fixed, δ itself")
-    tol_adapt: str = option("median", "𝒜 in the EMA update (10) of δ, or fixed", choices=list(ADAPTIVE))
-    ema_decay: float = option(0.999, "EMA decay λ of the tolerance update (10)")
+    tol_adapt: str = option(DEFAULT_ADAPT, "𝒜 in the EMA update (10) of δ, or fixed", choices=list(ADAPTIVE))
+    ema_decay: float = option(DEFAULT_EMA_DECAY, "EMA decay λ of the tolerance update (10)")
     reference: str = option("trajectory", "run torch.optim sequentially too: none, final (w_T), or "
                             "trajectory (also the mean squared trajectory difference)",
                             choices=["none", "final", "trajectory"])
@@ -50,18 +51,15 @@ class Config(RunConfig):
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
-        require(self.steps >= 1, f"steps = {self.steps}: the number of optimizer steps T must be >= 1")
-        require(self.window >= 1, f"window = {self.window}: the window size p must be >= 1")
-        require(self.lr > 0, f"lr = {self.lr}: the learning rate must be > 0")
-        require(self.batch >= 1, f"batch = {self.batch}: must be >= 1")
-        for key in ("momentum", "beta1", "beta2"):
-            value = getattr(self, key)
-            require(0 <= value < 1, f"{key} = {value}: must be in [0, 1)")
-        require(self.eps > 0, f"eps = {self.eps}: must be > 0")
-        require(self.weight_decay >= 0, f"weight_decay = {self.weight_decay}: must be >= 0")
-        require(self.clip_norm >= 0, f"clip_norm = {self.clip_norm}: must be >= 0 (0 turns clipping off)")
-        require(self.tol >= 0, f"tol = {self.tol}: must be >= 0 (0 demands exact agreement)")
-        require(0 <= self.ema_decay <= 1, f"ema_decay = {self.ema_decay}: must be in [0, 1]")
+        # the same checks as the Python API's OptimizerSpec and paso() (paraflow_hpc.validation)
+        validation.optimizer(self.optimizer, self.lr, self.steps, schedule=self.lr_schedule,
+                             momentum=self.momentum, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                             weight_decay=self.weight_decay, clip_norm=self.clip_norm)
+        validation.paso_iteration(self.tol, self.tol_adapt, self.ema_decay, self.window, ADAPTIVE)
+        if self.problem in ("logreg", "mlp", "cnn"):
+            validation.batch_fits(self.batch, validation.digits_training_size(), "training images of digits")
+        else:
+            validation.count("batch", self.batch, 1)
         require(self.vmap_chunk >= 0, f"vmap_chunk = {self.vmap_chunk}: must be >= 0 (0: no chunking)")
         require(self.seed >= 0, f"seed = {self.seed}: must be >= 0 (it seeds the weights and the batches)")
         self.load_problem("cpu")
@@ -186,14 +184,10 @@ def main(cfg: Config, comm) -> int:
                   adapt=cfg.tol_adapt, ema_decay=cfg.ema_decay, chunk=cfg.vmap_chunk, resume=resume,
                   after_iteration=after_iteration, on_converged=reference, progress=progress)
     paso_seconds = comm.allreduce(run_timers.elapsed(), op=MPI.MAX)
-    if result.diverged_at is not None:
-        if comm.rank == 0:
-            print(f"error: non-finite loss at step {result.diverged_at} (at the exact weights w_"
-                  f"{result.diverged_at}; the sequential run diverges there too): lower lr. "
-                  f"Stopped after {result.iterations} iterations"
-                  + (f"; the last checkpoint {cfg.checkpoint} is kept" if hook.written else ""),
-                  file=sys.stderr, flush=True)
-        return EXIT_DIVERGED
+    if result.diverged_at is not None:   # the same on every rank (from the all-reduced losses)
+        raise NonFiniteError(f"non-finite loss at step {result.diverged_at} (at the exact weights w_"
+                             f"{result.diverged_at}; the sequential run diverges there too): lower lr. "
+                             f"Stopped after {result.iterations} iterations")
     if result.interrupted:
         progress(f"stopped after iteration {result.iterations}; resume with --restart {cfg.checkpoint}")
         return EXIT_PREEMPTED
@@ -201,11 +195,13 @@ def main(cfg: Config, comm) -> int:
     state = result.state
     gradients = comm.allreduce(state.gradients, op=MPI.SUM)
     paso_eval = problem.evaluate(result.w_final)
+    initial_loss = problem.evaluate(w0)["train_loss"]
     attrs = {"iterations": result.iterations, "steps": cfg.steps, "step_reduction": cfg.steps / result.iterations,
              "gradients": gradients, "cost_ratio_m": gradients / cfg.steps, "n_params": problem.n_params,
              "paso_seconds": paso_seconds, "paso_train_loss": paso_eval["train_loss"],
              "paso_test_accuracy": paso_eval["test_accuracy"], "restarted_from": cfg.restart,
-             "device": str(device)}
+             "device": str(device), "initial_train_loss": initial_loss,
+             "blew_up": blew_up(comm, "PASO", initial_loss, paso_eval["train_loss"])}
     history = {"batch_loss": np.array(state.losses), "stride": np.array(state.strides),
                "delta": np.array(state.deltas)}
     data = {"w_final": result.w_final}
@@ -218,7 +214,9 @@ def main(cfg: Config, comm) -> int:
         diff = result.w_final - w_seq
         attrs.update(sequential_seconds=seq_seconds, speedup=seq_seconds / paso_seconds,
                      sequential_train_loss=seq_eval["train_loss"], sequential_test_accuracy=seq_eval["test_accuracy"],
-                     final_max_abs_diff=float(np.max(np.abs(diff))), final_sq_diff=float(np.sum(diff ** 2)))
+                     final_max_abs_diff=float(np.max(np.abs(diff))), final_sq_diff=float(np.sum(diff ** 2)),
+                     sequential_blew_up=blew_up(comm, "the sequential torch.optim run", initial_loss,
+                                                seq_eval["train_loss"], "sequential_blew_up"))
         history["sequential_batch_loss"] = seq_losses
         data["w_sequential"] = w_seq
         summary += (f"; sequential: train loss {seq_eval['train_loss']:.5f}, test accuracy "

@@ -20,5 +20,5 @@ except CheckpointError as err:
 meta, mine, _ = load_checkpoint(comm, path, "test")
 assert meta["step"] == 1 and np.array_equal(mine["w"], small)
 if comm.rank == 0:
-    assert not [f for f in os.listdir(sys.argv[1]) if ".tmp." in f], "temporary file left behind"
+    assert not [f for f in os.listdir(sys.argv[1]) if ".partial-" in f], "temporary file left behind"
     print("disk-full-ok")
