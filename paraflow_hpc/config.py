@@ -8,6 +8,7 @@ message, before any communication that could hang.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tomllib
@@ -44,6 +45,8 @@ class RunConfig:
 
     def default_output(self) -> str:
         name = getattr(self, "problem", None)
+        if name and ":" in name:  # package.module:name or path/file.py:name -> name
+            name = name.rsplit(":", 1)[-1]
         return os.path.join("results", f"{self.method}-{name}.h5" if name else f"{self.method}.h5")
 
     def output_stem(self) -> str:
@@ -86,6 +89,8 @@ def _coerce(name: str, raw, typ, choices):
             if not isinstance(raw, str):   # TOML `output = 5`: a number where a name belongs
                 raise ConfigError(f"{name} = {raw!r}: expected a string (in quotes in TOML)")
             value = raw
+        elif typ is dict or typing.get_origin(typ) is dict:
+            value = parse_mapping(name, raw)
         elif typing.get_origin(typ) is list:
             inner = typing.get_args(typ)[0]
             items = raw if isinstance(raw, list) else [s for s in str(raw).split(",") if s.strip()]
@@ -99,6 +104,46 @@ def _coerce(name: str, raw, typ, choices):
     if choices is not None and value not in choices:
         raise ConfigError(f"{name} = {value!r} is not allowed; choose one of: {', '.join(map(str, choices))}")
     return value
+
+
+def _scalar(text: str):
+    """A k=v value: JSON (numbers, true/false, lists, quoted strings) where it parses, else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_mapping(name: str, raw) -> dict:
+    """A table of arguments: a dict (TOML), a JSON object, or ``k=v,k=v`` (values read as JSON where
+    they parse: ``a=1,u0=[1.5,3],lam="-1+2j"``; commas inside brackets belong to the value)."""
+    if isinstance(raw, dict):
+        return dict(raw)
+    text = str(raw).strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError as err:
+            raise ConfigError(f"{name} = {text!r} is not valid JSON ({err}); "
+                              "e.g. '{\"a\": 1.0}' or a=1.0,b=2") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} = {text!r}: expected a JSON object")
+        return value
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(text + ","):
+        depth += (c in "[{") - (c in "]}")
+        if c == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"{name} = {text!r}: {item!r} is not key=value; write k=v,k=v or a JSON object")
+        out[key.strip()] = _scalar(value.strip())
+    return out
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -153,6 +198,14 @@ def build_config(cls, config_file: str | None, overrides: dict[str, object], com
             raise ConfigError(f"config file {config_file!r} is not valid TOML: {err}") from None
         values.update(data.pop(cls.method, {}) if isinstance(data.get(cls.method), dict) else {})
         values.update(data)
+    if isinstance(values.get("problem"), dict):  # [problem] table: name = spec, the rest constructor arguments
+        table = dict(values.pop("problem"))
+        if "name" in table:
+            values["problem"] = table.pop("name")
+        values["problem_args"] = {**parse_mapping("problem_args", values.get("problem_args", {})), **table}
+    if "problem_args" in overrides and "problem_args" in values:  # --problem-args adds to the [problem] table
+        overrides = {**overrides, "problem_args": {**parse_mapping("problem_args", values["problem_args"]),
+                                                   **parse_mapping("problem_args", overrides["problem_args"])}}
     values.update(overrides)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}

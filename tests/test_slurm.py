@@ -125,6 +125,22 @@ def test_parareal_job_equals_mpirun(slurm, tmp_path):
     assert_same_run(result, direct(tmp_path, 2, args))
 
 
+def test_user_problem_job_equals_mpirun(slurm, tmp_path):
+    """A user's problem file (docs/examples/pendulum.py, beside the job script's submit directory,
+    named by a relative path) and its arguments pass through the job script to srun."""
+    shutil.copy(ROOT / "docs" / "examples" / "pendulum.py", tmp_path / "pendulum.py")
+    args = ["--problem", "pendulum.py:Pendulum", "--problem-args", "damping=0.3,theta0=1.5", "--intervals", "8",
+            "--coarse-steps", "4", "--fine-steps", "40"]
+    job = sbatch(tmp_path, "parareal.sbatch", *args, options=["--ntasks-per-node=2"])
+    wait_finished(tmp_path, job, timeout=120)
+    result = load(tmp_path / "runs" / job / "result.h5")
+    assert result["config"]["problem"] == "pendulum.py:Pendulum"
+    assert result["config"]["problem_args"] == {"damping": 0.3, "theta0": 1.5}
+    out = tmp_path / "direct.h5"
+    run_cli(2, ["run", "parareal", "--quiet", "--output", str(out), *args], cwd=tmp_path)
+    assert_same_run(result, load(out))
+
+
 def test_cancelled_or_killed_job_ends_and_scontrol_requeue_resumes_it(slurm, tmp_path):
     """scancel sends SIGTERM: the ranks may still checkpoint, but the job must not requeue itself
     (scontrol requeue would also take the cancelled job back). kill -9 of one rank: Slurm's PMIx

@@ -24,9 +24,9 @@ from ..algorithms.layer_parallel import COMPUTE_TIMERS, train
 from ..comm import Progress
 from ..config import option, require
 from ..io.results import write_result
-from ..problems.datasets import DATASETS
 from ..problems.resnet import SCHEMES
 from ..runners import layer_parallel as runner
+from ..runners.common import configured_problem, problem_args_option, problem_option
 from . import BenchConfig
 
 VARIANTS = {"multilevel": True, "single-level": False}
@@ -35,7 +35,9 @@ VARIANTS = {"multilevel": True, "single-level": False}
 @dataclass
 class Config(BenchConfig):
     method = "layer-parallel-bench"
-    problem: str = option("swissroll", "data set", choices=sorted(DATASETS))
+    problem: str = problem_option("swissroll", "dataset")
+    problem_args: dict = problem_args_option()
+    data: str = option("", "data file (as for run layer-parallel): replaces --problem")
     samples: int = option(1000, "samples before the 80/20 train/test split")
     depths: list[int] = field(default_factory=lambda: [16, 32, 64],
                               metadata={"help": "residual layers of the fine model (the paper: 16,...,512)",
@@ -59,6 +61,7 @@ class Config(BenchConfig):
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
+        configured_problem(self, "dataset", n_samples=self.samples, seed=self.seed)
         require(comm_size >= 2, f"the benchmark compares 1 rank with all ranks: run it with mpirun -n 2 "
                                 f"(or more), not {comm_size}")
         for s in self.schemes:
@@ -95,7 +98,8 @@ def _idle_until_done(comm) -> None:
 
 
 def _run_config(cfg: Config, scheme: str, depth: int, coupling: str, coarse_iterations: int):
-    return runner.Config(problem=cfg.problem, samples=cfg.samples, depth=depth, width=cfg.width,
+    return runner.Config(problem=cfg.problem, problem_args=cfg.problem_args, data=cfg.data, samples=cfg.samples,
+                         depth=depth, width=cfg.width,
                          final_time=cfg.final_time, scheme=scheme, coupling=coupling,
                          coarse_iterations=coarse_iterations, iterations=cfg.iterations, lr=cfg.lr,
                          batch_size=cfg.batch_size, window=cfg.window, ridge=cfg.ridge,

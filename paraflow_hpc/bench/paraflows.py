@@ -24,7 +24,10 @@ from ..algorithms.paraflow import SELECTIONS, baseline, paraflow, paraflows
 from ..comm import Progress, Timers
 from ..config import option, require
 from ..io.results import write_result
-from ..problems.networks import PROBLEMS, make_problem
+from ..io.datafile import read_data
+from ..problems.contract import load_problem
+from ..problems.networks import PROBLEMS
+from ..runners.common import data_option, problem_args_option
 from ..steppers import BatchSchedule, Coarse, Fine
 from . import BenchConfig
 
@@ -47,7 +50,11 @@ class Config(BenchConfig):
     selection: str = option("break", "ParaFlowS selection", choices=list(SELECTIONS))
     grid: bool = option(True, "run the table rows (false: the race only)")
     race: bool = option(True, "also time ParaFlow vs ParaFlowS vs GD to the same loss")
-    race_problem: str = option("approximation", "problem of the race", choices=sorted(PROBLEMS))
+    race_problem: str = option("approximation", f"problem of the race (of: {', '.join(sorted(PROBLEMS))})")
+    problem: str = option("", "one problem for the grid and the race instead: package.module:name or "
+                              "path/to/file.py:name (or a built-in name)")
+    problem_args: dict = problem_args_option()
+    data: str = data_option()
     race_eta: float = option(0.01, "eta_F of the race")
     race_n_f: int = option(10, "N_F of the race")
     race_budget: int = option(30000, "the target loss is what full-batch GD reaches with this budget")
@@ -57,13 +64,18 @@ class Config(BenchConfig):
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
+        if self.problem:
+            self.problems, self.race_problem = [self.problem], self.problem
         for name in self.problems:
-            require(name in PROBLEMS, f"problems: {name!r} is unknown; choose from {', '.join(sorted(PROBLEMS))}")
+            require(name in PROBLEMS or name == self.problem,
+                    f"problems: {name!r} is unknown; choose from {', '.join(sorted(PROBLEMS))} or give --problem")
+        n_samples = {name: make_problem(self, name, check=True).n_samples
+                     for name in {*self.problems, self.race_problem}}
         for batch in self.batches:
             require(batch in ("full", "half") or batch.isdigit() and int(batch) >= 1,
                     f"batches: {batch!r} must be full, half or a positive integer")
             for name in self.problems:
-                n = PROBLEMS[name]().n_samples
+                n = n_samples[name]
                 require(not batch.isdigit() or int(batch) <= n,
                         f"batches: {batch} exceeds the {n} samples of {name}; use full or a smaller size")
         require(all(eta > 0 for eta in [*self.etas, self.race_eta]), f"etas = {self.etas}: every eta_F must be > 0")
@@ -73,11 +85,21 @@ class Config(BenchConfig):
         require(self.grid or self.race, "grid = race = false leaves nothing to run; set one of them to true")
 
 
+def make_problem(cfg: Config, name: str, check: bool = False):
+    """The problem ``name``: a built-in, or ``cfg.problem`` with its arguments and data."""
+    if cfg.problem and name == cfg.problem:
+        return load_problem(name, "network", cfg.problem_args, data=read_data(cfg.data) if cfg.data else None,
+                            check=check)
+    return load_problem(name, "network", {}, check=check)
+
+
 def batch_size(label: str, n_samples: int) -> int:
     return {"full": n_samples, "half": n_samples // 2}.get(label) or int(label)
 
 
 def paper_row(tables: dict, problem: str, label: str, eta: float, budget: int):
+    if problem not in tables["full_batch"]:
+        return None
     full = tables["full_batch"][problem]
     size = {"full": full, "half": full // 2}.get(label) or int(label)
     for row in tables["tables"][problem]:
@@ -88,7 +110,7 @@ def paper_row(tables: dict, problem: str, label: str, eta: float, budget: int):
 
 def run_row(cfg: Config, problem_name: str, label: str, eta: float, budget: int, seed: int) -> dict:
     """GD at the budget and ParaFlowS for every N_F, from the same W_0 with the same batches."""
-    problem = make_problem(problem_name)
+    problem = make_problem(cfg, problem_name)
     W0 = problem.initial_weights(seed)
     schedule = BatchSchedule(problem.n_samples, batch_size(label, problem.n_samples), seed)
     timers = Timers()
@@ -192,21 +214,21 @@ def merged_markdown(paths: list[str]) -> str:
             race = json.loads(f.attrs["race"]) if f.attrs["race"] else race
     if len(settings) > 1:
         raise ValueError(f"the files differ in (N_G, selection, seed): {sorted(settings)}; merge like with like")
-    order = list(PROBLEMS)
     all_n_fs = sorted({n for row in by_key.values() for n in row["R"]})
-    rows = sorted(by_key.values(), key=lambda r: (order.index(r["problem"]), r["batch"] != "full", r["batch"],
+    rank = {name: i for i, name in enumerate(PROBLEMS)}  # a user's problem after the paper's
+    rows = sorted(by_key.values(), key=lambda r: (rank.get(r["problem"], len(rank)), r["batch"] != "full", r["batch"],
                                                   -r["eta"], r["budget"]))
     for row in rows:
         row["R"] = [row["R"].get(n) for n in all_n_fs]
     n_g, selection, _ = settings.pop()
-    cfg = SimpleNamespace(problems=[p for p in order if p in {r["problem"] for r in rows}], n_fs=all_n_fs,
-                          n_g=n_g, selection=selection)
+    problems = sorted({r["problem"] for r in rows}, key=lambda p: (rank.get(p, len(rank)), p))
+    cfg = SimpleNamespace(problems=problems, n_fs=all_n_fs, n_g=n_g, selection=selection)
     return markdown(cfg, rows, paper_tables(), race, f"merged from {len(paths)} result files")
 
 
 def run_race(cfg: Config, comm, progress) -> dict:
     """GD, ParaFlowS (rank 0) and ParaFlow (all ranks) until L <= GD's loss at race_budget."""
-    problem = make_problem(cfg.race_problem)
+    problem = make_problem(cfg, cfg.race_problem)
     W0 = problem.initial_weights(cfg.seed)
     schedule = BatchSchedule(problem.n_samples, problem.n_samples, cfg.seed)
     fine = Fine(problem, schedule, cfg.race_n_f, cfg.race_eta)

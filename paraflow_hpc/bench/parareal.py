@@ -25,8 +25,9 @@ from ..algorithms.parareal import STOP_RULES, StoppingRule, model_seconds, parar
 from ..comm import Progress, Timers
 from ..config import option, require
 from ..io.results import write_result
-from ..problems.ode import ODE_PROBLEMS
+from ..problems.contract import load_problem
 from ..propagators import make_propagator
+from ..runners.common import configured_problem, problem_args_option
 from . import BenchConfig
 
 # Fine work dominates (fine_steps / coarse_steps = 100); G is stable at its step size.
@@ -35,6 +36,7 @@ CASES = {
     "lorenz": dict(intervals=32, coarse_steps=16, fine_steps=1600),
     "heat": dict(intervals=16, coarse_steps=10, fine_steps=1000),
 }
+USER_CASE = dict(intervals=16, coarse_steps=10, fine_steps=1000)  # --problem: change with --case
 
 
 @dataclass
@@ -45,11 +47,25 @@ class Config(BenchConfig):
     tol: float = option(1e-8, "Parareal tolerance (absolute, l2 over boundaries)")
     stop: str = option("residual", "stopping rule: the residual or the update", choices=list(STOP_RULES))
     scale: float = option(1.0, "multiply the subinterval count N by this (whole multiples of the ranks)")
+    problem: str = option("", "one problem instead of problems: package.module:name, path/to/file.py:name "
+                              "or a built-in name")
+    problem_args: dict = problem_args_option()
+    case: dict = field(default_factory=dict, metadata={
+        "help": "intervals, coarse_steps, fine_steps of --problem's case (default 16, 10, 1000), e.g. fine_steps=400",
+        "choices": None})
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
+        if self.problem:
+            configured_problem(self, "ode")
+            self.problems = [self.problem]
+            self.case = {**USER_CASE, **self.case}
+            require(set(self.case) == set(USER_CASE)
+                    and all(isinstance(v, int) and v >= 1 for v in self.case.values()),
+                    f"case = {self.case}: give positive integers intervals, coarse_steps, fine_steps")
         for name in self.problems:
-            require(name in CASES, f"problems: {name!r} has no benchmark case; choose from {', '.join(CASES)}")
+            require(name in CASES or name == self.problem,
+                    f"problems: {name!r} has no benchmark case; choose from {', '.join(CASES)} or give --problem")
         require(self.scale > 0, f"scale = {self.scale}: must be > 0")
         require(self.tol >= 0, f"tol = {self.tol}: must be >= 0")
 
@@ -57,8 +73,8 @@ class Config(BenchConfig):
         return os.path.join("results", "bench-parareal.h5")
 
 
-def run_case(comm, name: str, case: dict, tol: float, scale: float, stop: str = "residual") -> dict:
-    problem = ODE_PROBLEMS[name]()
+def run_case(comm, name: str, case: dict, tol: float, scale: float, stop: str = "residual", problem=None) -> dict:
+    problem = problem or load_problem(name, "ode")
     n = max(comm.size, int(round(case["intervals"] * scale)))
     times = subinterval_bounds(problem.t0, problem.tf, n)
     coarse = make_propagator("rk4", problem.f, case["coarse_steps"])
@@ -110,7 +126,9 @@ def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
     rows = []
     for name in cfg.problems:
-        row = run_case(comm, name, CASES[name], cfg.tol, cfg.scale, cfg.stop)
+        user = name == cfg.problem
+        row = run_case(comm, name, cfg.case if user else CASES[name], cfg.tol, cfg.scale, cfg.stop,
+                       configured_problem(cfg, "ode") if user else None)
         progress(f"{name}: K = {row['iterations']}, speed-up {row['speedup']:.2f} "
                  f"(model {row['model_speedup']:.2f}, efficiency {row['efficiency']:.2f})")
         rows.append(row)

@@ -26,7 +26,9 @@ from ..algorithms.paso import OPTIMIZERS, OptimizerSpec, paso
 from ..comm import Progress, Timers, torch_device
 from ..config import option, require
 from ..io.results import write_result
-from ..problems.models import PROBLEMS, make_problem
+from ..problems.contract import load_problem
+from ..problems.models import PROBLEMS
+from ..runners.common import configured_problem, data_option, problem_args_option
 from ..runners.paso import TrajectoryComparison, run_reference, warm_up
 from . import BenchConfig
 
@@ -64,11 +66,20 @@ class Config(BenchConfig):
     rules_optimizer: str = option("sgd", "optimizer of the tolerance-rule comparison", choices=list(OPTIMIZERS))
     ackley_steps: int = option(1000, "steps T of the Ackley / Adam case (0: skip it)")
     device: str = option("auto", "torch device", choices=["auto", "cpu", "cuda"])
+    problem: str = option("", "one problem instead of problems: package.module:name, path/to/file.py:name or a "
+                              "built-in name (skip the other groups with --sweep-windows '' --ackley-steps 0 "
+                              "--rules-problem '')")
+    problem_args: dict = problem_args_option()
+    data: str = data_option()
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
+        if self.problem:
+            self.problems = [self.problem]
+            self.load_problem("cpu")
         for name in self.problems:
-            require(name in PROBLEMS, f"problems: {name!r} is unknown; choose from {', '.join(PROBLEMS)}")
+            require(name in PROBLEMS or name == self.problem,
+                    f"problems: {name!r} is unknown; choose from {', '.join(PROBLEMS)} or give --problem")
         for name in self.optimizers:
             require(name in OPTIMIZERS, f"optimizers: {name!r} is unknown; choose from {', '.join(OPTIMIZERS)}")
         require(self.steps >= 1, f"steps = {self.steps}: must be >= 1")
@@ -87,6 +98,12 @@ class Config(BenchConfig):
     def default_output(self) -> str:
         return os.path.join("results", "bench-paso.h5")
 
+    def load_problem(self, device, name: str | None = None):
+        """``--problem`` (with its arguments and data) or the built-in ``name``, on ``device``."""
+        if name is None or name == self.problem:
+            return configured_problem(self, "training", seed=self.seed, batch=self.batch, device=str(device))
+        return load_problem(name, "training", seed=self.seed, batch=self.batch, device=str(device))
+
 
 def training_optimizer(cfg: Config, optimizer: str) -> OptimizerSpec:
     return OptimizerSpec(optimizer, LEARNING_RATES[optimizer], cfg.steps,
@@ -100,7 +117,7 @@ def run_case(comm, cfg: Config, problem_name: str, opt: OptimizerSpec, window: i
     ema_decay = cfg.ema_decay if ema_decay is None else ema_decay
     tol = cfg.tol if tol is None else tol
     steps, optimizer = opt.total_steps, opt.name
-    problem = make_problem(problem_name, cfg.seed, cfg.batch, torch_device(comm, cfg.device))
+    problem = cfg.load_problem(torch_device(comm, cfg.device), problem_name)
     w0 = problem.initial_weights()
     warm_up(problem, opt, w0)
     w_seq, _, trajectory, seq_seconds = run_reference(comm, problem, opt, w0, steps, keep_trajectory=True)

@@ -16,14 +16,19 @@ import numpy as np
 class Dataset:
     name: str
     x_train: np.ndarray   # (N, d) float64
-    y_train: np.ndarray   # (N,) int64 class labels
-    x_test: np.ndarray
+    y_train: np.ndarray   # (N,) int64 class labels, or (N, k) float64 targets (n_classes = 0)
+    x_test: np.ndarray    # (M, d); M = 0: no test split
     y_test: np.ndarray
-    n_classes: int
+    n_classes: int        # 0: regression targets
 
     @property
     def in_dim(self) -> int:
         return self.x_train.shape[1]
+
+    @property
+    def out_dim(self) -> int:
+        """Outputs a model needs: one logit per class, or the targets' k."""
+        return self.n_classes if self.n_classes else self.y_train.shape[1]
 
 
 def _split(name, x, y, n_classes, test_fraction, rng) -> Dataset:

@@ -270,3 +270,58 @@ def make_problem(name: str, seed: int, batch: int, device="cpu") -> TrainingProb
     if name in PROBLEMS:
         return DigitsProblem(name, seed, batch, device)
     raise ValueError(f"unknown problem {name!r}; choose one of: {', '.join(PROBLEMS)}")
+
+
+class ModelTrainingProblem(TrainingProblem):
+    """A user's torch model on a data set (``--data``) as a PASO problem.
+
+    Batch t: ``batch`` training samples without replacement from np.random.default_rng([seed, t]).
+    Loss: mean cross-entropy for integer labels, mean ½‖y − model(x)‖² for float targets (n, k).
+    Test accuracy on x_test/y_test (NaN without a test split or for float targets). ``make(seed)``
+    builds the model under torch.manual_seed(seed). Built by
+    :func:`paraflow_hpc.problems.contract.load_problem`.
+    """
+
+    def __init__(self, make, data, name: str, seed: int, batch: int, device="cpu"):
+        super().__init__(make(seed), seed, batch, device)
+        self.name = name
+        self.classify = data.n_classes > 0
+        n = len(data.y_train)
+        if batch > n:
+            from ..config import ConfigError
+
+            raise ConfigError(f"batch = {batch} exceeds the {n} training samples of {data.name}; use --batch <= {n}")
+        self.train_set = (self._x(data.x_train), self._y(data.y_train))
+        self.test_set = None
+        if data.x_test is not None and len(data.x_test):
+            self.test_set = (self._x(data.x_test), self._y(data.y_test))
+        self.description = (f"{name} on {data.name} ({n} train / "
+                            f"{0 if self.test_set is None else len(self.test_set[1])} test), {self.n_params} weights")
+
+    def _x(self, a):
+        return torch.as_tensor(a, dtype=DTYPE, device=self.device)
+
+    def _y(self, a):
+        return torch.as_tensor(a, dtype=torch.int64 if self.classify else DTYPE, device=self.device)
+
+    def batch(self, step: int):
+        idx = torch.as_tensor(self.step_rng(step).choice(len(self.train_set[1]), self.batch_size, replace=False),
+                              device=self.device)
+        return self.train_set[0][idx], self.train_set[1][idx]
+
+    def loss(self, out, y):
+        if self.classify:
+            return nn.functional.cross_entropy(out, y)
+        r = y - out
+        return 0.5 * (r * r).sum(-1).mean()
+
+    def evaluate(self, flat: np.ndarray) -> dict:
+        with torch.no_grad():
+            params = self.unflatten(torch.as_tensor(flat, dtype=DTYPE, device=self.device))
+            x, y = self.train_set
+            train_loss = float(self.loss(functional_call(self.model, params, (x,)), y))
+            accuracy = float("nan")
+            if self.test_set is not None and self.classify:
+                x, y = self.test_set
+                accuracy = float((functional_call(self.model, params, (x,)).argmax(-1) == y).double().mean())
+        return {"train_loss": train_loss, "test_accuracy": accuracy}

@@ -15,8 +15,10 @@ one backward pass through the weighted sum (= the sum of the per-sample gradient
 compare at.
 
 To add a problem: subclass :class:`NetworkProblem`, set ``layers`` and the data in
-``__init__``, override ``_groups`` if P_i is not the identity, and add the class
-to ``PROBLEMS``.
+``__init__``, override ``_groups`` if P_i is not the identity, and run it with
+``--problem path/to/file.py:Class`` (a built-in is also registered in
+:mod:`paraflow_hpc.problems.builtin`). A torch model with ``--data`` becomes a
+:class:`ModelNetworkProblem`.
 """
 from __future__ import annotations
 
@@ -272,3 +274,43 @@ def make_problem(name: str, reduction: str | None = None, device="cpu") -> Netwo
     if name not in PROBLEMS:
         raise ValueError(f"unknown problem {name!r}; choose one of: {', '.join(sorted(PROBLEMS))}")
     return PROBLEMS[name](reduction, device)
+
+
+class ModelNetworkProblem(NetworkProblem):
+    """A user's torch model on a data set (``--data``) as a ParaFlow problem.
+
+    L_i = cross-entropy of the logits model(x_i) for integer labels, ½‖y_i − model(x_i)‖² for
+    float targets (n, k); default reduction ``mean``. ``make(seed)`` builds the model (float64)
+    under torch.manual_seed(seed): the initial weights are its parameters, flattened in
+    ``named_parameters`` order. Built by :func:`paraflow_hpc.problems.contract.load_problem`.
+    """
+
+    default_reduction = "mean"
+
+    def __init__(self, make, data, name: str, reduction=None, device="cpu"):
+        super().__init__(reduction, device)
+        self.name, self.make = name, make
+        self.module = make(0).to(self.device)
+        self.param_names = [n for n, _ in self.module.named_parameters()]
+        self.shapes = [p.shape for _, p in self.module.named_parameters()]
+        self.sizes = [p.numel() for _, p in self.module.named_parameters()]
+        self.n_params = sum(self.sizes)
+        self.classify = data.n_classes > 0
+        self.inputs = self._tensor(data.x_train)
+        self.targets = torch.as_tensor(data.y_train, dtype=torch.int64 if self.classify else DTYPE,
+                                       device=self.device)
+
+    def network(self, W, x):
+        params = {name: part.view(shape) for name, part, shape in
+                  zip(self.param_names, torch.split(W, self.sizes), self.shapes)}
+        return torch.func.functional_call(self.module, params, (x,))
+
+    def initial_weights(self, seed: int) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.make(seed).parameters()]).to(self.device)
+
+    def sample_losses(self, W, x, y):
+        out = self.network(W, x)
+        if self.classify:
+            return torch.nn.functional.cross_entropy(out, y, reduction="none")
+        r = y - out
+        return 0.5 * (r * r).sum(-1)

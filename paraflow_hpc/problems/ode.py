@@ -1,8 +1,9 @@
 """Initial value problems y' = f(t, y), y(t0) = y0, as small classes users can copy.
 
 A problem carries its right-hand side, its initial value and default time span;
-``exact(t)`` exists where a closed form does. To add your own, subclass
-:class:`ODEProblem` and register it in ``ODE_PROBLEMS``.
+``exact(t)`` exists where a closed form does. Your own needs only ``t0, tf, y0(), f(t, y)``
+(:class:`paraflow_hpc.problems.contract.ODE`): ``--problem path/to/file.py:Class``; the built-ins
+are registered in :mod:`paraflow_hpc.problems.builtin`.
 """
 from __future__ import annotations
 

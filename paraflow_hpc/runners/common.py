@@ -7,12 +7,16 @@ because the job is being preempted.
 from __future__ import annotations
 
 import sys
+from dataclasses import field
 
 import numpy as np
 from mpi4py import MPI
 
 from ..comm import NonFiniteError, StopRequest
+from ..config import option
 from ..io.checkpoint import load_checkpoint, save_checkpoint
+from ..io.datafile import read_data, split_off_test
+from ..problems.contract import METHODS, load_problem
 
 EXIT_PREEMPTED = 3  # the job scripts requeue on this exit code
 # A training run whose final loss is more than this factor above its initial loss has blown up (a
@@ -76,3 +80,40 @@ def checkpoint_meta(cfg) -> dict:
     """Types of the meta entries a run reads back from its checkpoint: the iteration (written by
     every hook) and what the method's config names in ``checkpoint_meta`` (e.g. PASO's ``t``)."""
     return {"iteration": int, **getattr(cfg, "checkpoint_meta", {})}
+
+
+# --- the problem of a run: one door (problems.contract.load_problem) for built-ins and users' ---
+def problem_option(default: str, kind: str):
+    """The ``problem`` option of a method whose problems are of ``kind``."""
+    from ..problems.builtin import names
+
+    return option(default, f"{METHODS[kind]} problem: {', '.join(names(kind))}, or package.module:name, "
+                           "or path/to/file.py:name (docs/getting_started.md, 'Your own problem')")
+
+
+def problem_args_option():
+    """``--problem-args '{"a": 1}'`` or ``a=1,b=2``, or the TOML ``[problem]`` table."""
+    return field(default_factory=dict, metadata={
+        "help": "constructor arguments of the problem: JSON object or k=v,k=v (TOML: the [problem] table)",
+        "choices": None})
+
+
+def data_option():
+    return option("", "data file to train on (HDF5, NPZ or CSV: x (n, d), y (n,) labels or (n, k) targets, "
+                      "optional x_test, y_test); --problem is then a torch model")
+
+
+def configured_problem(cfg, kind: str, **context):
+    """``cfg``'s problem (``problem``, ``problem_args``, ``data``), loaded and probed through
+    :func:`~paraflow_hpc.problems.contract.load_problem`; kept on ``cfg``, so the object a
+    config's validation loaded is the one its run uses (a new ``context`` loads anew)."""
+    key = (kind, repr(sorted(context.items())))
+    cached = cfg.__dict__.get("_problem")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    data = read_data(cfg.data) if getattr(cfg, "data", "") else None
+    if data is not None and kind == "dataset":
+        data = split_off_test(data)
+    problem = load_problem(cfg.problem, kind, cfg.problem_args, data=data, **context)
+    cfg.__dict__["_problem"] = (key, problem)
+    return problem

@@ -1,6 +1,7 @@
 """``paraflow-hpc run layer-parallel``: layer-parallel ResNet training, one rank per block of layers."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,9 +12,9 @@ from ..algorithms.layer_parallel import (COUPLINGS, LayerParallelState, check_pa
 from ..comm import Progress, torch_device
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
-from ..problems.datasets import DATASETS, load_dataset
 from ..problems.resnet import SCHEMES, ResNetSpec, init_params
-from .common import EXIT_PREEMPTED, CheckpointHook, blew_up
+from .common import (EXIT_PREEMPTED, CheckpointHook, blew_up, configured_problem, problem_args_option,
+                     problem_option)
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -21,7 +22,10 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 @dataclass
 class Config(RunConfig):
     method = "layer-parallel"
-    problem: str = option("swissroll", "data set", choices=sorted(DATASETS))
+    problem: str = problem_option("swissroll", "dataset")
+    problem_args: dict = problem_args_option()
+    data: str = option("", "data file (HDF5, NPZ or CSV: x (n, d) float, y (n,) integer labels, optional "
+                           "x_test, y_test; without them 20% are held out): replaces --problem")
     samples: int = option(1000, "number of samples before the 80/20 train/test split (digits: <= 1797)")
     depth: int = option(16, "residual layers T_delta of the fine model")
     width: int = option(4, "channels per state (the Verlet scheme carries two states)")
@@ -54,9 +58,10 @@ class Config(RunConfig):
         for key in ("coarse_iterations", "coarse_lr", "weight_decay", "ridge"):
             require(getattr(self, key) >= 0, f"{key} = {getattr(self, key)}: must be >= 0")
         require(self.samples >= 10, f"samples = {self.samples}: need at least 10 for a train/test split")
-        require(self.batch_size <= int(0.8 * self.samples) - 1,
-                f"batch_size = {self.batch_size} exceeds the ~{int(0.8 * self.samples)} training samples; "
-                "lower batch_size or raise samples")
+        n_train = len(self.load_dataset().y_train)
+        require(self.batch_size <= n_train - 1,
+                f"batch_size = {self.batch_size} exceeds the {n_train} training samples less one; "
+                "lower batch_size" + ("" if self.data else " or raise samples"))
         coarse = self.coupling == "regression" and self.coarse_iterations > 0
         if coarse and self.depth % 2:
             raise ConfigError(f"depth = {self.depth} is odd: the coarse model has half the layers, so depth must "
@@ -68,11 +73,20 @@ class Config(RunConfig):
                 f"MPI ranks: every rank needs at least one; use depth >= {comm_size * (2 if coarse else 1)} "
                 "or fewer ranks")
 
+    def default_output(self) -> str:
+        if self.data:
+            return os.path.join("results", f"layer-parallel-{os.path.splitext(os.path.basename(self.data))[0]}.h5")
+        return super().default_output()
+
+    def load_dataset(self):
+        """The data set (``--data`` or the problem), loaded and checked once."""
+        return configured_problem(self, "dataset", n_samples=self.samples, seed=self.seed)
+
     def identity(self) -> dict:
         """The options that define the iterates: a checkpoint must match them to be resumed."""
-        keys = ("problem", "samples", "seed", "depth", "width", "final_time", "scheme", "coupling",
-                "coarse_iterations", "coarse_lr", "iterations", "lr", "batch_size", "weight_decay", "window",
-                "ridge", "regression_by_class", "eval_every", "dtype")
+        keys = ("problem", "problem_args", "data", "samples", "seed", "depth", "width", "final_time", "scheme",
+                "coupling", "coarse_iterations", "coarse_lr", "iterations", "lr", "batch_size", "weight_decay",
+                "window", "ridge", "regression_by_class", "eval_every", "dtype")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -80,7 +94,7 @@ def setup(cfg: Config, comm):
     """Spec, whole-network initial weights and data tensors on this rank's device."""
     device = torch_device(comm, cfg.device)
     dtype = DTYPES[cfg.dtype]
-    dataset = load_dataset(cfg.problem, cfg.samples, cfg.seed)
+    dataset = cfg.load_dataset()
     spec = ResNetSpec(dataset.in_dim, cfg.width, dataset.n_classes, cfg.depth, cfg.scheme, cfg.final_time)
     data = {name: torch.from_numpy(getattr(dataset, name)).to(device) for name in
             ("x_train", "y_train", "x_test", "y_test")}
@@ -101,7 +115,7 @@ def main(cfg: Config, comm) -> int:
     coarse = cfg.coupling == "regression" and cfg.coarse_iterations > 0
     check_partition(spec.depth, comm.size, coarse)
     start, stop = layer_block(spec.depth, comm.size, comm.rank, coarse)
-    progress(f"layer-parallel on {comm.size} ranks ({device.type}): {cfg.problem}, {cfg.scheme} ResNet, "
+    progress(f"layer-parallel on {comm.size} ranks ({device.type}): {cfg.data or cfg.problem}, {cfg.scheme} ResNet, "
              f"depth {cfg.depth}, width {cfg.width}, coupling {cfg.coupling}, "
              f"{'coarse prediction H = %d' % cfg.coarse_iterations if coarse else 'single-level'}")
 

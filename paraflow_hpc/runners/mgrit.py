@@ -13,9 +13,8 @@ from ..algorithms.parareal import NORMS, StoppingRule, serial_fine, subinterval_
 from ..comm import Progress, Timers
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
-from ..problems.ode import ODE_PROBLEMS
 from ..propagators import make_propagator
-from .common import EXIT_PREEMPTED, CheckpointHook
+from .common import EXIT_PREEMPTED, CheckpointHook, configured_problem, problem_args_option, problem_option
 
 
 def per_level(values: list[int], count: int, name: str) -> list[int]:
@@ -30,7 +29,8 @@ def per_level(values: list[int], count: int, name: str) -> list[int]:
 @dataclass
 class Config(RunConfig):
     method = "mgrit"
-    problem: str = option("brusselator", "initial value problem", choices=sorted(ODE_PROBLEMS))
+    problem: str = problem_option("brusselator", "ode")
+    problem_args: dict = problem_args_option()
     t0: Optional[float] = option(None, "start time (default: the problem's)")
     tf: Optional[float] = option(None, "end time (default: the problem's)")
     intervals: int = option(1024, "fine time intervals N (a multiple of the product of the coarsening factors)")
@@ -51,7 +51,7 @@ class Config(RunConfig):
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
-        problem = ODE_PROBLEMS[self.problem]
+        problem = configured_problem(self, "ode")
         t0 = problem.t0 if self.t0 is None else self.t0
         tf = problem.tf if self.tf is None else self.tf
         require(tf > t0, f"tf = {tf} must be greater than t0 = {t0}")
@@ -74,14 +74,14 @@ class Config(RunConfig):
 
     def identity(self) -> dict:
         """The options that define the solution: a checkpoint must match them to be resumed."""
-        keys = ("problem", "t0", "tf", "intervals", "levels", "coarsening", "propagator", "steps", "relaxation",
+        keys = ("problem", "problem_args", "t0", "tf", "intervals", "levels", "coarsening", "propagator", "steps", "relaxation",
                 "cycle", "nested", "tol", "norm", "relative", "max_iter", "reference")
         return {key: getattr(self, key) for key in keys}
 
 
 def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
-    problem = ODE_PROBLEMS[cfg.problem]()
+    problem = configured_problem(cfg, "ode")
     t0 = problem.t0 if cfg.t0 is None else cfg.t0
     tf = problem.tf if cfg.tf is None else cfg.tf
     times = subinterval_bounds(t0, tf, cfg.intervals)

@@ -20,8 +20,7 @@ from ..algorithms.pan_ivp import StepperState, pan_ivp, validate
 from ..comm import NonFiniteError, Progress, Timers, block_partition
 from ..config import RunConfig, option, require
 from ..io.results import write_result
-from ..problems.ivp import IVP_PROBLEMS
-from .common import EXIT_PREEMPTED, CheckpointHook
+from .common import EXIT_PREEMPTED, CheckpointHook, configured_problem, problem_args_option, problem_option
 
 EXIT_FAILED = 1     # no step size below the spacing of numbers was accepted: the message says why
 EXIT_BAD_INPUT = 2  # as the CLI's: f fails or has the wrong shape at (t0, y0)
@@ -33,7 +32,8 @@ COUNTS = ("batches", "points", "jacobians", "rejected", "failed_solves", "newton
 @dataclass
 class Config(RunConfig):
     method = "pan"
-    problem: str = option("spiral", "initial value problem", choices=sorted(IVP_PROBLEMS))
+    problem: str = problem_option("spiral", "ivp")
+    problem_args: dict = problem_args_option()
     t0: Optional[float] = option(None, "start time (default: the problem's)")
     tf: Optional[float] = option(None, "end time (default: the problem's)")
     rtol: float = option(1e-6, "relative tolerance (as solve_ivp's): each subinterval's error estimate "
@@ -72,8 +72,8 @@ class Config(RunConfig):
         require(self.dense_points >= 2, f"dense_points = {self.dense_points}: must be >= 2")
 
     def make_problem(self):
-        """The problem instance (the one place a problem name is looked up)."""
-        return IVP_PROBLEMS[self.problem]()
+        """The problem instance (the one place a problem is looked up: ``load_problem``, probed once)."""
+        return configured_problem(self, "ivp")
 
     def resolved(self) -> dict:
         problem = self.make_problem()
@@ -92,7 +92,7 @@ class Config(RunConfig):
 
     def identity(self) -> dict:
         """The options that define the solution: a checkpoint must match them to be resumed."""
-        keys = ("problem", "rtol", "atol", "first_step", "max_step", "n_coeffs", "picard_tol", "newton_tol",
+        keys = ("problem", "problem_args", "rtol", "atol", "first_step", "max_step", "n_coeffs", "picard_tol", "newton_tol",
                 "picard_max_it", "newton_max_it", "jacobian", "petsc")
         return {**{key: getattr(self, key) for key in keys}, **self.resolved()}
 

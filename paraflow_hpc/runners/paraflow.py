@@ -16,9 +16,10 @@ from ..algorithms.paraflow import FlowResult, FlowState, paraflow, paraflow_wind
 from ..comm import NonFiniteError, Progress, torch_device
 from ..config import RunConfig, option, require
 from ..io.results import write_result
-from ..problems.networks import PROBLEMS, REDUCTIONS, make_problem
+from ..problems.networks import REDUCTIONS
 from ..steppers import FINE_OPTIMIZERS, BatchSchedule, Coarse, Fine, Point
-from .common import EXIT_PREEMPTED, CheckpointHook, blew_up
+from .common import (EXIT_PREEMPTED, CheckpointHook, blew_up, configured_problem, data_option,
+                     problem_args_option, problem_option)
 
 HISTORY_INT = ("selected", "evaluated", "budget_used", "fine_steps")
 
@@ -27,7 +28,9 @@ HISTORY_INT = ("selected", "evaluated", "budget_used", "fine_steps")
 class FlowConfig(RunConfig):
     """Options shared by ParaFlow and ParaFlowS."""
 
-    problem: str = option("classification", "training problem", choices=sorted(PROBLEMS))
+    problem: str = problem_option("classification", "network")
+    problem_args: dict = problem_args_option()
+    data: str = data_option()
     reduction: str = option("default", "loss (1) as a sum, a mean over samples, or DeepXDE's sum of per-term "
                             "mean squared residuals (default: the problem's)", choices=["default", *REDUCTIONS])
     batch_size: int = option(0, "mini-batch size d_B of F (0: full batch N)")
@@ -46,7 +49,7 @@ class FlowConfig(RunConfig):
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
-        n = PROBLEMS[self.problem]().n_samples
+        n = self.load_problem("cpu").n_samples
         require(self.eta > 0, f"eta = {self.eta}: the step eta_F must be > 0")
         require(self.n_f >= 1, f"n_f = {self.n_f}: F needs N_F >= 1 steps")
         require(0 <= self.batch_size <= n,
@@ -56,9 +59,14 @@ class FlowConfig(RunConfig):
         require(0 <= self.momentum < 1, f"momentum = {self.momentum}: must be in [0, 1)")
         validation.flow_stops(self.budget, self.k_max, self.loss_tol, self.grad_tol)   # as paraflow() does
 
+    def load_problem(self, device):
+        """The training problem on ``device`` (loaded and probed once per device)."""
+        return configured_problem(self, "network", reduction=None if self.reduction == "default" else self.reduction,
+                                  device=str(device))
+
     def costs(self) -> tuple[int, int, int]:
         """(cost of one F, N, extra cost of one G) in per-sample gradients."""
-        n = PROBLEMS[self.problem]().n_samples
+        n = self.load_problem("cpu").n_samples
         return self.n_f * (self.batch_size or n), n, (self.coarse_steps - 1) * n
 
     def require_budget(self, minimum: int, what: str) -> None:
@@ -74,7 +82,7 @@ class FlowConfig(RunConfig):
 def build(cfg: FlowConfig, comm):
     """(problem, F, G, W_0) of a run; the same on every rank."""
     device = torch_device(comm, cfg.device)
-    problem = make_problem(cfg.problem, None if cfg.reduction == "default" else cfg.reduction, device)
+    problem = cfg.load_problem(device)
     schedule = BatchSchedule(problem.n_samples, cfg.batch_size or problem.n_samples, cfg.seed, device)
     fine = Fine(problem, schedule, cfg.n_f, cfg.eta, cfg.fine_optimizer, momentum=cfg.momentum)
     coarse = Coarse(problem, cfg.n_f * cfg.eta, cfg.coarse_steps)

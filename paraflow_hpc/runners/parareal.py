@@ -12,15 +12,15 @@ from ..algorithms.parareal import (NORMS, STOP_RULES, PararealState, StoppingRul
 from ..comm import NonFiniteError, Progress, Timers, block_partition
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
-from ..problems.ode import ODE_PROBLEMS
 from ..propagators import PROPAGATORS, make_propagator
-from .common import EXIT_PREEMPTED, CheckpointHook
+from .common import EXIT_PREEMPTED, CheckpointHook, configured_problem, problem_args_option, problem_option
 
 
 @dataclass
 class Config(RunConfig):
     method = "parareal"
-    problem: str = option("lorenz", "initial value problem", choices=sorted(ODE_PROBLEMS))
+    problem: str = problem_option("lorenz", "ode")
+    problem_args: dict = problem_args_option()
     t0: Optional[float] = option(None, "start time (default: the problem's)")
     tf: Optional[float] = option(None, "end time (default: the problem's)")
     intervals: int = option(180, "number of time subintervals N (a whole multiple of the ranks is best)")
@@ -43,7 +43,7 @@ class Config(RunConfig):
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
-        problem = ODE_PROBLEMS[self.problem]
+        problem = configured_problem(self, "ode")
         t0 = problem.t0 if self.t0 is None else self.t0
         tf = problem.tf if self.tf is None else self.tf
         require(tf > t0, f"tf = {tf} must be greater than t0 = {t0}")
@@ -63,7 +63,7 @@ class Config(RunConfig):
 
     def identity(self) -> dict:
         """The options that define the solution: a checkpoint must match them to be resumed."""
-        keys = ("problem", "t0", "tf", "intervals", "coarse", "coarse_steps", "fine", "fine_steps",
+        keys = ("problem", "problem_args", "t0", "tf", "intervals", "coarse", "coarse_steps", "fine", "fine_steps",
                 "fine_rtol", "fine_atol", "tol", "stop", "norm", "relative", "k_max", "reference")
         return {key: getattr(self, key) for key in keys}
 
@@ -72,10 +72,8 @@ class Config(RunConfig):
         values of the problem's shape d, or the shared histories (``rank == "root"``)."""
         if rank == "root":
             return {"jumps": ((None,), "f"), "errors": ((None,), "f"), "residuals": ((None,), "f")}
+        d = np.shape(configured_problem(self, "ode").y0())
         a, b = block_partition(self.intervals, nranks, rank)
-        if self.problem not in ODE_PROBLEMS:   # a problem defined elsewhere: names and dtypes only
-            return {"boundaries": (None, "fc"), "coarse_old": (None, "fc"), "fine": (None, "fc")}
-        d = np.shape(ODE_PROBLEMS[self.problem]().y0())
         return {"boundaries": ((b - a + 1,) + d, "f"), "coarse_old": ((b - a,) + d, "f"),
                 "fine": ((b - a,) + d, "f"),
                 # fine calls, coarse calls, rhs evaluations, seconds: this rank's totals so far
@@ -84,7 +82,7 @@ class Config(RunConfig):
 
 def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
-    problem = ODE_PROBLEMS[cfg.problem]()
+    problem = configured_problem(cfg, "ode")
     t0 = problem.t0 if cfg.t0 is None else cfg.t0
     tf = problem.tf if cfg.tf is None else cfg.tf
     times = subinterval_bounds(t0, tf, cfg.intervals)

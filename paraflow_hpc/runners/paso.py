@@ -13,8 +13,8 @@ from ..algorithms.paso import (ADAPTIVE, DEFAULT_ADAPT, DEFAULT_EMA_DECAY, OPTIM
 from ..comm import NonFiniteError, Progress, Timers, torch_device
 from ..config import RunConfig, option, require
 from ..io.results import write_result
-from ..problems.models import PROBLEMS, make_problem
-from .common import EXIT_PREEMPTED, CheckpointHook, blew_up
+from .common import (EXIT_PREEMPTED, CheckpointHook, blew_up, configured_problem, data_option,
+                     problem_args_option, problem_option)
 
 EXIT_BAD_INPUT = 2  # as the CLI's
 TRAJECTORY_MEMORY_LIMIT = 2 * 1024 ** 3  # bytes of the reference trajectory each rank may hold
@@ -23,7 +23,9 @@ TRAJECTORY_MEMORY_LIMIT = 2 * 1024 ** 3  # bytes of the reference trajectory eac
 @dataclass
 class Config(RunConfig):
     method = "paso"
-    problem: str = option("mlp", "model and data set", choices=list(PROBLEMS))
+    problem: str = problem_option("mlp", "training")
+    problem_args: dict = problem_args_option()
+    data: str = data_option()
     optimizer: str = option("sgd", "optimizer whose trajectory PASO reproduces", choices=list(OPTIMIZERS))
     steps: int = option(200, "optimizer steps T")
     window: int = option(8, "window size p (a multiple of the ranks balances the work)")
@@ -60,9 +62,14 @@ class Config(RunConfig):
             validation.count("batch", self.batch, 1)
         require(self.vmap_chunk >= 0, f"vmap_chunk = {self.vmap_chunk}: must be >= 0 (0: no chunking)")
         require(self.seed >= 0, f"seed = {self.seed}: must be >= 0 (it seeds the weights and the batches)")
+        self.load_problem("cpu")
+
+    def load_problem(self, device):
+        """The training problem on ``device`` (loaded and probed once per device)."""
+        return configured_problem(self, "training", seed=self.seed, batch=self.batch, device=str(device))
 
     def default_output(self) -> str:
-        return f"results/paso-{self.problem}-{self.optimizer}.h5"
+        return f"results/paso-{self.problem.rsplit(':', 1)[-1]}-{self.optimizer}.h5"
 
     checkpoint_meta = {"t": int, "delta": float}   # read back on restart: the window start, δ
 
@@ -79,8 +86,9 @@ class Config(RunConfig):
 
     def identity(self) -> dict:
         """The options that define the trajectory and the iteration: a checkpoint must match them."""
-        keys = ("problem", "optimizer", "steps", "window", "lr", "lr_schedule", "batch", "momentum", "beta1",
-                "beta2", "eps", "weight_decay", "clip_norm", "tol", "tol_adapt", "ema_decay", "reference", "seed")
+        keys = ("problem", "problem_args", "data", "optimizer", "steps", "window", "lr", "lr_schedule", "batch",
+                "momentum", "beta1", "beta2", "eps", "weight_decay", "clip_norm", "tol", "tol_adapt", "ema_decay",
+                "reference", "seed")
         return {key: getattr(self, key) for key in keys}
 
     def optimizer_spec(self) -> OptimizerSpec:
@@ -134,7 +142,7 @@ def run_reference(comm, problem, opt, w0, steps: int, keep_trajectory: bool):
 def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
     device = torch_device(comm, cfg.device)
-    problem = make_problem(cfg.problem, cfg.seed, cfg.batch, device)
+    problem = cfg.load_problem(device)
     opt = cfg.optimizer_spec()
     w0 = problem.initial_weights()
     warm_up(problem, opt, w0)
