@@ -19,7 +19,7 @@ from paraflow_hpc.io.checkpoint import MAGIC, TRAILER
 pytestmark = pytest.mark.mpi
 
 LORENZ = ["--problem", "lorenz", "--intervals", "8", "--fine-steps", "64", "--coarse-steps", "16", "--tol", "0",
-          "--k-max", "5"]
+          "--k-max", "0"]
 
 
 def refused(result, message, nranks=2):

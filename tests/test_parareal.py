@@ -168,7 +168,7 @@ def _expect_failure(nranks, args, message, tmp_path):
 def checkpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ck")
     run_cli(2, ["run", "parareal", "--quiet", "--problem", "lorenz", "--intervals", "8", "--fine-steps", "64",
-                "--coarse-steps", "16", "--tol", "0", "--checkpoint-every", "2", "--k-max", "5",
+                "--coarse-steps", "16", "--tol", "0", "--checkpoint-every", "2", "--k-max", "0",
                 "--output", str(tmp / "r.h5"), "--checkpoint", str(tmp / "ck.h5")])
     return tmp / "ck.h5"
 
@@ -178,7 +178,7 @@ def test_truncated_checkpoint_is_refused(tmp_path, checkpoint):
     data = checkpoint.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
     _expect_failure(2, ["--problem", "lorenz", "--intervals", "8", "--fine-steps", "64", "--coarse-steps", "16",
-                        "--tol", "0", "--k-max", "5", "--restart", str(bad)], "fails its checksum", tmp_path)
+                        "--tol", "0", "--k-max", "0", "--restart", str(bad)], "fails its checksum", tmp_path)
 
 
 def test_edited_checkpoint_is_refused(tmp_path, checkpoint):
@@ -187,11 +187,11 @@ def test_edited_checkpoint_is_refused(tmp_path, checkpoint):
     with h5py.File(bad, "r+") as f:
         f["rank_00000/boundaries"][1, 0] += 1e-9
     _expect_failure(2, ["--problem", "lorenz", "--intervals", "8", "--fine-steps", "64", "--coarse-steps", "16",
-                        "--tol", "0", "--k-max", "5", "--restart", str(bad)], "fails its checksum", tmp_path)
+                        "--tol", "0", "--k-max", "0", "--restart", str(bad)], "fails its checksum", tmp_path)
 
 
 def test_checkpoint_from_other_rank_count_or_problem_is_refused(tmp_path, checkpoint):
-    common = ["--intervals", "8", "--fine-steps", "64", "--coarse-steps", "16", "--tol", "0", "--k-max", "5",
+    common = ["--intervals", "8", "--fine-steps", "64", "--coarse-steps", "16", "--tol", "0", "--k-max", "0",
               "--restart", str(checkpoint)]
     _expect_failure(3, ["--problem", "lorenz", *common], "restart with mpirun -n 2", tmp_path)
     _expect_failure(2, ["--problem", "brusselator", *common], "problem = 'lorenz'", tmp_path)

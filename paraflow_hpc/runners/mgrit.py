@@ -10,7 +10,7 @@ from mpi4py import MPI
 
 from ..algorithms.mgrit import CYCLES, RELAXATIONS, MgritState, hierarchy, mgrit
 from ..algorithms.parareal import NORMS, StoppingRule, serial_fine, subinterval_bounds
-from ..comm import Progress, Timers
+from ..comm import EXIT_NON_FINITE, NonFiniteError, Progress, Timers
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
 from ..propagators import make_propagator
@@ -121,9 +121,8 @@ def main(cfg: Config, comm) -> int:
         result = mgrit(comm, phis, y0, times, factors, stopping=stopping,
                        max_iter=cfg.max_iter, relaxation=cfg.relaxation, cycle=cfg.cycle, nested=cfg.nested,
                        reference=reference, resume=resume, after_iteration=after_iteration, progress=progress)
-    except FloatingPointError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 4
+    except FloatingPointError as err:   # raised on every rank alike, from the reduced residual
+        raise NonFiniteError(str(err)) from None
     comm.Barrier()
     mgrit_seconds = comm.allreduce(run_timers.elapsed(), op=MPI.MAX)
     if result.interrupted:
@@ -147,4 +146,11 @@ def main(cfg: Config, comm) -> int:
              f"final error vs serial fine = {result.errors[-1] if result.errors else float('nan'):.3e}, "
              f"time {mgrit_seconds:.3f} s (serial fine {serial_seconds:.3f} s)")
     progress(f"y({tf}) = {np.array2string(final, precision=8)}; result written to {cfg.output}")
-    return 0 if result.converged else 4
+    if not result.converged:   # written for inspection, but never reported as a success
+        if comm.rank == 0:
+            print(f"error: MGRIT did not converge in {result.iterations} cycles (residual "
+                  f"{result.residuals[-1] if result.residuals else float('nan'):.3e} > tol = {cfg.tol:g}); "
+                  f"the unconverged iterate is in {cfg.output}: raise --max-iter or loosen --tol",
+                  file=sys.stderr, flush=True)
+        return EXIT_NON_FINITE
+    return 0

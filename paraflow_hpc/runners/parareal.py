@@ -1,6 +1,8 @@
 """``paraflow-hpc run parareal``: options, problem and propagators from the config, HDF5 out."""
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -9,7 +11,7 @@ from mpi4py import MPI
 
 from ..algorithms.parareal import (NORMS, STOP_RULES, PararealState, StoppingRule, model_seconds, parareal,
                                    serial_fine, subinterval_bounds)
-from ..comm import NonFiniteError, Progress, Timers, block_partition
+from ..comm import EXIT_NON_FINITE, NonFiniteError, Progress, Timers, block_partition
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
 from ..propagators import PROPAGATORS, make_propagator
@@ -181,5 +183,11 @@ def main(cfg: Config, comm) -> int:
                  f"(about P/(fine sweeps) = {comm.size}/{max(fine_calls) / -(-cfg.intervals // comm.size):.0f}, "
                  f"from tau_F/tau_G = {tau_f / tau_g:.0f}): efficiency {speedup / bound:.2f}")
     progress(f"y({tf}) = {np.array2string(final, precision=8)}; result written to {cfg.output}")
+    if not result.converged:   # written for inspection, but never reported as a success
+        if comm.rank == 0:
+            print(f"error: Parareal did not converge in k_max = {result.iterations} iterations (tol = {cfg.tol:g}); "
+                  f"the unconverged iterate is in {cfg.output}: raise --k-max (k = N is exact) or loosen --tol",
+                  file=sys.stderr, flush=True)
+        return EXIT_NON_FINITE
     return 0
 
