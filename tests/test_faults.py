@@ -1,0 +1,245 @@
+"""Every fault ends cleanly (issue 11): no hang in a collective, no non-finite result reported as
+success, every failure reported once on stderr, the last checkpoint kept. Real mpirun, timeouts."""
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from mpi4py import MPI
+
+from conftest import ROOT, mpi_env, run_cli, run_script
+from paraflow_hpc.algorithms.layer_parallel import train
+from paraflow_hpc.io import checkpoint
+from paraflow_hpc.problems.resnet import ResNetSpec, init_params
+
+LORENZ = ["--problem", "lorenz", "--intervals", "8", "--coarse-steps", "10", "--fine-steps", "200", "--tol", "0",
+          "--quiet"]
+
+
+def verified(path, nranks):
+    """The checkpoint at ``path`` passes every check of a restart (checksum, schema); its meta."""
+    with h5py.File(path, "r") as f:
+        kind = str(f.attrs["kind"])
+    meta, groups = checkpoint._read_file(str(path), kind, nranks, {})
+    return meta, groups
+
+
+# --- 1. an exception on one rank inside a collective section: abort, never a hang --------------------
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("where, rank, extra", [
+    ("checkpoint_write", 0, ["--checkpoint-every", "1"]),
+    ("result_write", 1, []),
+    ("first_evaluation", 1, ["--checkpoint-every", "1"]),
+])
+def test_exception_on_one_rank_aborts_all(tmp_path, where, rank, extra):
+    ck = tmp_path / "ck.h5"
+    proc = run_script(2, "fail_on_one_rank.py", where, rank, "--", "run", "parareal", *LORENZ, *extra,
+                      "--checkpoint", ck, "--output", tmp_path / "r.h5", timeout=120, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count(f"error: rank {rank} of 2 failed during") == 1, proc.stderr
+    assert "injected" in proc.stderr
+    if where == "checkpoint_write":   # the first checkpoint was written, the second failed: the first holds
+        meta, _ = verified(ck, 2)
+        assert meta["iteration"] == 1
+
+
+@pytest.mark.mpi
+def test_exception_on_one_rank_reading_a_checkpoint_aborts_all(tmp_path):
+    ck = tmp_path / "ck.h5"
+    run_cli(2, ["run", "parareal", *LORENZ, "--k-max", "2", "--checkpoint-every", "1", "--checkpoint", ck,
+                "--output", tmp_path / "a.h5"], timeout=120)
+    proc = run_script(2, "fail_on_one_rank.py", "checkpoint_read", 0, "--", "run", "parareal", *LORENZ,
+                      "--k-max", "2", "--restart", ck, "--output", tmp_path / "b.h5", timeout=120, check=False)
+    assert proc.returncode != 0 and proc.stderr.count("error: rank 0 of 2 failed during") == 1, proc.stderr
+    verified(ck, 2)
+
+
+# --- 2. non-finite values: exit 4 naming the step, the last checkpoint kept, no result -----------------
+
+def expect_non_finite(proc, message, out, ck=None, nranks=None):
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert proc.stderr.count(message) == 1, proc.stderr[-3000:]
+    assert not os.path.exists(out)
+    if ck is not None:
+        meta, groups = verified(ck, nranks)
+        for arrays in groups.values():   # a checkpoint holds no non-finite state
+            for name, a in arrays.items():
+                if a.dtype.kind == "f" and not name.startswith(("history_fine_loss", "errors")):
+                    assert np.all(np.isfinite(a)), name
+        return meta
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nranks", [1, 2])
+def test_parareal_non_finite_update_exits_4(tmp_path, nranks):
+    out = tmp_path / "d.h5"
+    proc = run_cli(nranks, ["run", "parareal", "--quiet", "--problem", "brusselator", "--intervals", "8",
+                            "--output", out], check=False, timeout=120)
+    expect_non_finite(proc, "Parareal diverged in iteration 1 (non-finite update)", out)
+
+
+@pytest.mark.mpi
+def test_paraflow_nan_stops_with_the_window_named(tmp_path):
+    out, ck = tmp_path / "p.h5", tmp_path / "p.ckpt.h5"
+    proc = run_cli(2, ["run", "paraflow", "--problem", "pinn", "--eta", "1e30", "--n-f", "2", "--budget", "60000",
+                       "--checkpoint-every", "1", "--quiet", "--output", out], check=False, timeout=300)
+    meta = expect_non_finite(proc, "ParaFlow: non-finite loss L = nan in window 3", out, ck, 2)
+    assert meta["iteration"] == 2 and "last checkpoint" in proc.stderr
+
+
+@pytest.mark.mpi
+def test_paraflows_nan_stops_with_the_window_named(tmp_path):
+    out, ck = tmp_path / "s.h5", tmp_path / "s.ckpt.h5"
+    proc = run_cli(1, ["run", "paraflows", "--problem", "pinn", "--eta", "1e30", "--n-f", "2", "--n-g", "3",
+                       "--budget", "60000", "--baseline", "false", "--checkpoint-every", "1", "--quiet",
+                       "--output", out], check=False, timeout=300)
+    meta = expect_non_finite(proc, "ParaFlowS: non-finite loss L = nan in window", out, ck, 1)
+    assert f"in window {meta['iteration'] + 1}:" in proc.stderr
+
+
+@pytest.mark.mpi
+def test_finite_blow_up_is_flagged_not_hidden(tmp_path):
+    """PINN at eta = 1000: both losses grow by > 1e100 but stay finite; R is printed in %g, flagged."""
+    out = tmp_path / "b.h5"
+    proc = run_cli(2, ["run", "paraflows", "--problem", "pinn", "--eta", "1000", "--n-f", "2", "--n-g", "3",
+                       "--budget", "30000", "--output", out], timeout=300)
+    assert "warning: ParaFlowS blew up" in proc.stderr and "warning: the GD/SGD baseline blew up" in proc.stderr
+    assert "R = 0.0000" not in proc.stdout
+    with h5py.File(out) as f:
+        assert f.attrs["blew_up"] and f.attrs["baseline_blew_up"]
+        assert f.attrs["final_loss"] > 10 * f["history/loss"][0]
+        r = float(proc.stdout.split("R = ")[1].split(";")[0])
+        assert math.isclose(r, f.attrs["ratio"], rel_tol=1e-3)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("method, budget, minimum", [("paraflow", 100, 240), ("paraflows", 50, 130)])
+def test_budget_below_one_window_is_refused(tmp_path, method, budget, minimum):
+    proc = run_cli(2, ["run", method, "--budget", str(budget), "--output", tmp_path / "x.h5"], check=False,
+                   timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count(f"budget = {budget} is less than") == 2 and f"--budget {minimum} or more" in proc.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nranks", [1, 3])
+def test_layer_parallel_nan_exits_4_and_keeps_a_finite_checkpoint(tmp_path, nranks):
+    out, ck = tmp_path / "l.h5", tmp_path / "l.ckpt.h5"
+    proc = run_cli(nranks, ["run", "layer-parallel", "--coarse-iterations", "0", "--lr", "1e300", "--depth", "6",
+                            "--iterations", "20", "--checkpoint-every", "1", "--quiet", "--device", "cpu",
+                            "--output", out], check=False, timeout=300)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert proc.stderr.count("error: ") == 1 and "non-finite" in proc.stderr and "iteration" in proc.stderr
+    assert not out.exists()
+    if ck.exists():   # written before the weights became non-finite
+        expect_non_finite(proc, "non-finite", out, ck, nranks)
+
+
+@pytest.mark.mpi
+def test_layer_parallel_default_run_diverging_in_the_global_prediction(tmp_path):
+    out = tmp_path / "l.h5"
+    proc = run_cli(2, ["run", "layer-parallel", "--lr", "1e4", "--iterations", "5", "--quiet", "--device", "cpu",
+                       "--output", out], check=False, timeout=300)
+    expect_non_finite(proc, "training loss after iteration 0 (the coarse model's global prediction)", out)
+
+
+def test_train_refuses_a_nan_learning_rate():
+    spec = ResNetSpec(2, 4, 2, 4, "verlet", 4.0)
+    params = init_params(spec, 0, torch.float64, torch.device("cpu"))
+    data = {"x_train": torch.zeros(20, 2, dtype=torch.float64), "y_train": torch.zeros(20, dtype=torch.long),
+            "x_test": torch.zeros(5, 2, dtype=torch.float64), "y_test": torch.zeros(5, dtype=torch.long)}
+    with pytest.raises(ValueError, match="lr = nan"):
+        train(MPI.COMM_SELF, spec, params, data, iterations=2, lr=math.nan, batch_size=4, seed=0)
+
+
+@pytest.mark.mpi
+def test_paso_runaway_is_flagged(tmp_path):
+    out = tmp_path / "s.h5"
+    proc = run_cli(2, ["run", "paso", "--lr", "1e4", "--steps", "60", "--device", "cpu", "--quiet",
+                       "--output", out], timeout=300)
+    assert "warning: PASO blew up" in proc.stderr and "warning: the sequential torch.optim run blew up" in proc.stderr
+    with h5py.File(out) as f:
+        assert f.attrs["blew_up"] and f.attrs["sequential_blew_up"]
+
+
+# --- 3. Parareal restart reports totals -------------------------------------------------------------
+
+@pytest.mark.mpi
+def test_parareal_restart_reports_totals(tmp_path):
+    """A run resumed from the last periodic checkpoint of a full run reports the full run's counters."""
+    ck = tmp_path / "ck.h5"
+    run_cli(2, ["run", "parareal", *LORENZ, "--checkpoint-every", "3", "--checkpoint", ck,
+                "--output", tmp_path / "full.h5"], timeout=120)
+    run_cli(2, ["run", "parareal", *LORENZ, "--restart", ck, "--checkpoint", tmp_path / "ck2.h5",
+                "--output", tmp_path / "resumed.h5"], timeout=120)
+    with h5py.File(tmp_path / "full.h5") as full, h5py.File(tmp_path / "resumed.h5") as resumed:
+        assert resumed.attrs["restarted_from"] == str(ck)
+        for name in ("fine_calls", "coarse_calls", "rhs_evaluations"):
+            np.testing.assert_array_equal(full[f"counters/{name}"][()], resumed[f"counters/{name}"][()])
+        assert "all segments" in resumed.attrs["timings_cover"]
+
+
+# --- 4. signals and temporaries --------------------------------------------------------------------
+
+LONG = ["run", "parareal", "--problem", "lorenz", "--intervals", "40", "--coarse-steps", "20", "--fine-steps",
+        "1000", "--tol", "0", "--reference", "false"]
+
+
+def test_sigusr1_in_the_first_moments_is_not_fatal(tmp_path):
+    """One rank (a singleton): SIGUSR1 0.3 s after start, long before the imports are done."""
+    ck = tmp_path / "ck.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "paraflow_hpc", *LONG, "--quiet", "--checkpoint", ck,
+                             "--output", tmp_path / "o.h5"], env=mpi_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGUSR1)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    meta, _ = verified(ck, 1)
+    assert meta["iteration"] >= 1
+
+
+@pytest.mark.mpi
+def test_sigterm_to_mpirun_with_a_kill_timeout_keeps_a_checkpoint(tmp_path):
+    """Open MPI 4.1: SIGTERM reaches the ranks odls_base_sigkill_timeout s after mpirun gets it, and
+    SIGKILL as long again later; within that the ranks checkpoint. mpirun itself exits 1 (docs)."""
+    ck = tmp_path / "ck.h5"
+    env = {**mpi_env(), "OMPI_MCA_odls_base_sigkill_timeout": "8"}
+    proc = subprocess.Popen(["mpirun", "-n", "2", sys.executable, "-m", "paraflow_hpc", *LONG, "--checkpoint", ck,
+                             "--output", tmp_path / "o.h5"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line, deadline = "", time.time() + 120
+        while "iteration 0" not in line and time.time() < deadline:
+            line = proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and "stop requested by SIGTERM" in out, out + err
+    verified(ck, 2)
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    path = tmp_path / "ck.h5"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"ck.h5.tmp.{dead.pid}"
+    stale.write_bytes(b"partial")
+    other = tmp_path / "other.h5.tmp.1"   # another checkpoint's temporary: not ours to remove
+    other.write_bytes(b"x")
+    checkpoint.save_checkpoint(MPI.COMM_SELF, str(path), "test", {}, {"w": np.zeros(3)})
+    assert not stale.exists() and other.exists()
+    verified(path, 1)
