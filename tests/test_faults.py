@@ -33,21 +33,45 @@ def verified(path, nranks):
 # --- 1. an exception on one rank inside a collective section: abort, never a hang --------------------
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("where, rank, extra", [
-    ("checkpoint_write", 0, ["--checkpoint-every", "1"]),
-    ("result_write", 1, []),
-    ("first_evaluation", 1, ["--checkpoint-every", "1"]),
+@pytest.mark.parametrize("nranks, where, rank, extra", [
+    (2, "checkpoint_write", 0, ["--checkpoint-every", "1"]),
+    (3, "checkpoint_write", 0, ["--checkpoint-every", "1"]),
+    (2, "result_write", 1, []),
+    (3, "result_write", 2, []),
+    (2, "first_evaluation", 1, ["--checkpoint-every", "1"]),
 ])
-def test_exception_on_one_rank_aborts_all(tmp_path, where, rank, extra):
+def test_exception_on_one_rank_aborts_all(tmp_path, nranks, where, rank, extra):
     ck = tmp_path / "ck.h5"
-    proc = run_script(2, "fail_on_one_rank.py", where, rank, "--", "run", "parareal", *LORENZ, *extra,
+    proc = run_script(nranks, "fail_on_one_rank.py", where, rank, "--", "run", "parareal", *LORENZ, *extra,
                       "--checkpoint", ck, "--output", tmp_path / "r.h5", timeout=120, check=False)
     assert proc.returncode != 0
-    assert proc.stderr.count(f"error: rank {rank} of 2 failed during") == 1, proc.stderr
+    assert proc.stderr.count(f"error: rank {rank} of {nranks} failed during") == 1, proc.stderr
     assert "injected" in proc.stderr
     if where == "checkpoint_write":   # the first checkpoint was written, the second failed: the first holds
-        meta, _ = verified(ck, 2)
+        meta, _ = verified(ck, nranks)
         assert meta["iteration"] == 1
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("method, args", [
+    ("paraflow", ["--budget", "2000"]),
+    ("paso", ["--steps", "8", "--device", "cpu"]),
+    ("layer-parallel", ["--iterations", "4", "--depth", "4", "--coarse-iterations", "0", "--device", "cpu"]),
+])
+def test_first_evaluation_failing_on_one_rank_aborts_all(tmp_path, method, args):
+    proc = run_script(2, "fail_on_one_rank.py", "first_evaluation", 1, "--", "run", method, *args, "--quiet",
+                      "--output", tmp_path / "r.h5", timeout=180, check=False)
+    assert proc.returncode != 0 and not (tmp_path / "r.h5").exists()
+    assert proc.stderr.count("error: rank 1 of 2 failed during") == 1, proc.stderr
+    assert "injected: a user callable fails" in proc.stderr
+
+
+def test_exception_on_one_rank_alone_is_the_ordinary_error(tmp_path):
+    """One rank: nobody waits, so the exception propagates (a traceback, exit 1), no abort message."""
+    proc = run_script(1, "fail_on_one_rank.py", "first_evaluation", 0, "--", "run", "parareal", *LORENZ,
+                      "--output", tmp_path / "r.h5", timeout=120, check=False, launcher=[])
+    assert proc.returncode == 1 and "failed during" not in proc.stderr
+    assert proc.stderr.count("TypeError: injected: a user callable fails") == 1, proc.stderr
 
 
 @pytest.mark.mpi

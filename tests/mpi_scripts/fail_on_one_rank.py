@@ -4,7 +4,9 @@ Usage: fail_on_one_rank.py WHERE RANK -- CLI ARGS. WHERE is one of
   checkpoint_write   the second checkpoint write raises (on rank 0, which writes; the others wait)
   checkpoint_read    reading the restart checkpoint raises (rank 0 reads; the others wait)
   result_write       writing a dataset of the parallel HDF5 result raises OSError on RANK
-  first_evaluation   the first call of the right-hand side (Parareal) raises on RANK
+  first_evaluation   on RANK, the first call of the method's user-level callable raises: the
+                     right-hand side (Parareal), the loss gradient (ParaFlow), the window
+                     gradients (PASO), the forward pass of a block of layers (layer-parallel)
 The exit code is the CLI's (or MPI_Abort's); the test asserts no hang and one message.
 """
 import sys
@@ -15,7 +17,7 @@ import h5py
 
 from paraflow_hpc import cli
 from paraflow_hpc.io import checkpoint
-from paraflow_hpc.problems import ode
+from paraflow_hpc.problems import models, networks, ode, resnet
 
 where, rank = sys.argv[1], int(sys.argv[2])
 args = sys.argv[sys.argv.index("--") + 1:]
@@ -39,6 +41,10 @@ elif where == "checkpoint_read" and me == rank:
 elif where == "result_write" and me == rank:
     h5py.Dataset.__setitem__ = failing(h5py.Dataset.__setitem__, 0, OSError("injected: dataset write fails"))
 elif where == "first_evaluation" and me == rank:
+    error = TypeError("injected: a user callable fails")
     for cls in ode.ODE_PROBLEMS.values():
-        cls.f = failing(cls.f, 0, TypeError("injected: the right-hand side fails"))
+        cls.f = failing(cls.f, 0, error)
+    networks.NetworkProblem.value_and_grad = failing(networks.NetworkProblem.value_and_grad, 0, error)
+    models.TrainingProblem.window_gradients = failing(models.TrainingProblem.window_gradients, 0, error)
+    resnet.Subnetwork.forward = failing(resnet.Subnetwork.forward, 0, error)
 sys.exit(cli.main(args))
