@@ -15,7 +15,9 @@ from mpi4py import MPI
 
 from conftest import ROOT, mpi_env, run_cli, run_script
 from paraflow_hpc.algorithms.layer_parallel import train
+from paraflow_hpc.algorithms.paso import OptimizerSpec, paso
 from paraflow_hpc.io import checkpoint
+from paraflow_hpc.problems.models import make_problem
 from paraflow_hpc.problems.resnet import ResNetSpec, init_params
 
 LORENZ = ["--problem", "lorenz", "--intervals", "8", "--coarse-steps", "10", "--fine-steps", "200", "--tol", "0",
@@ -267,3 +269,21 @@ def test_stale_temporaries_are_removed(tmp_path):
     checkpoint.save_checkpoint(MPI.COMM_SELF, str(path), "test", {}, {"w": np.zeros(3)})
     assert not stale.exists() and other.exists()
     verified(path, 1)
+
+
+def test_paso_names_the_first_non_finite_accepted_step():
+    """Losses non-finite from step 5 on at finite weights and gradients (a loss that overflows alone):
+    the first window accepts steps 0..7 at once, and the run stops naming step 5, not the next
+    window's left end 8 (the off-by-one this replaces)."""
+    problem = make_problem("logreg", 1, 16)
+    exact = problem.window_gradients
+
+    def losses_nan_from_step_5(weights, steps, chunk=0):
+        grads, losses = exact(weights, steps, chunk)
+        return grads, np.where(np.asarray(steps) >= 5, np.nan, losses)
+
+    problem.window_gradients = losses_nan_from_step_5
+    w0 = problem.initial_weights()
+    result = paso(MPI.COMM_SELF, problem, OptimizerSpec("sgd", 0.1, 16), w0, total_steps=16, window=8,
+                  tol=1e30, adapt="fixed")
+    assert result.diverged_at == 5 and result.state.t == 0
