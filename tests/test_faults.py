@@ -236,26 +236,38 @@ def test_sigusr1_in_the_first_moments_is_not_fatal(tmp_path):
     assert meta["iteration"] >= 1
 
 
-@pytest.mark.mpi
-def test_sigterm_to_mpirun_with_a_kill_timeout_keeps_a_checkpoint(tmp_path):
-    """Open MPI 4.1: SIGTERM reaches the ranks odls_base_sigkill_timeout s after mpirun gets it, and
-    SIGKILL as long again later; within that the ranks checkpoint. mpirun itself exits 1 (docs)."""
-    ck = tmp_path / "ck.h5"
-    env = {**mpi_env(), "OMPI_MCA_odls_base_sigkill_timeout": "8"}
-    proc = subprocess.Popen(["mpirun", "-n", "2", sys.executable, "-m", "paraflow_hpc", *LONG, "--checkpoint", ck,
-                             "--output", tmp_path / "o.h5"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+def _signal_mpirun(tmp_path, sig, env=None):
+    """Start LONG under mpirun -n 2, send ``sig`` to mpirun after iteration 0; (proc, stdout, stderr)."""
+    proc = subprocess.Popen(["mpirun", "-n", "2", sys.executable, "-m", "paraflow_hpc", *LONG, "--checkpoint",
+                             tmp_path / "ck.h5", "--output", tmp_path / "o.h5"], env={**mpi_env(), **(env or {})},
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         line, deadline = "", time.time() + 120
         while "iteration 0" not in line and time.time() < deadline:
             line = proc.stdout.readline()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    return proc, out, err
+
+
+@pytest.mark.mpi
+def test_sigusr1_to_mpirun_checkpoints_and_exits_3(tmp_path):
+    proc, out, err = _signal_mpirun(tmp_path, signal.SIGUSR1)
+    assert proc.returncode == 3 and "stop requested by SIGUSR1" in out, out + err
+    verified(tmp_path / "ck.h5", 2)
+
+
+@pytest.mark.mpi
+def test_sigterm_to_mpirun_with_a_kill_timeout_keeps_a_checkpoint(tmp_path):
+    """Open MPI 4.1: SIGTERM reaches the ranks odls_base_sigkill_timeout s after mpirun gets it, and
+    SIGKILL as long again later; within that the ranks checkpoint. mpirun itself exits 1 (docs)."""
+    proc, out, err = _signal_mpirun(tmp_path, signal.SIGTERM, {"OMPI_MCA_odls_base_sigkill_timeout": "8"})
     assert proc.returncode != 0 and "stop requested by SIGTERM" in out, out + err
-    verified(ck, 2)
+    verified(tmp_path / "ck.h5", 2)
 
 
 def test_stale_temporaries_are_removed(tmp_path):
