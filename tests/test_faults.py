@@ -299,3 +299,25 @@ def test_paso_names_the_first_non_finite_accepted_step():
     result = paso(MPI.COMM_SELF, problem, OptimizerSpec("sgd", 0.1, 16), w0, total_steps=16, window=8,
                   tol=1e30, adapt="fixed")
     assert result.diverged_at == 5 and result.state.t == 0
+
+
+@pytest.mark.parametrize("left", ["result.ckpt.h5", "result.ckpt.h5.prev", None])
+def test_slurm_step_restarts_from_a_checkpoint_or_its_prev(tmp_path, left):
+    """paraflow_step (jobs/slurm-common.sh) with a stand-in srun that prints its arguments: a requeued
+    job left with only NAME.ckpt.h5.prev (killed between the two renames) restarts from it too."""
+    bin_dir, run_dir = tmp_path / "bin", tmp_path / "runs" / "42"
+    bin_dir.mkdir()
+    run_dir.mkdir(parents=True)
+    (bin_dir / "srun").write_text('#!/bin/sh\necho "srun $*"\n')
+    (bin_dir / "srun").chmod(0o755)
+    if left:
+        (run_dir / left).write_bytes(b"checkpoint")
+    else:
+        (run_dir / "job.log").write_text("")
+    env = {**mpi_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "42", "SLURM_RESTART_COUNT": "1",
+           "SLURM_SUBMIT_DIR": str(tmp_path), "PARAFLOW_ROOT": str(ROOT)}
+    done = subprocess.run(["bash", "-c", "source jobs/slurm-common.sh && paraflow_step run parareal --quiet"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    launched = next(line for line in done.stdout.splitlines() if line.startswith("srun --mpi"))
+    assert ("--restart " + str(run_dir / "result.ckpt.h5") in launched) == (left is not None), launched
