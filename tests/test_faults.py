@@ -15,10 +15,13 @@ from mpi4py import MPI
 
 from conftest import ROOT, mpi_env, run_cli, run_script
 from paraflow_hpc.algorithms.layer_parallel import train
+from paraflow_hpc.algorithms.paraflow import paraflow, paraflows
 from paraflow_hpc.algorithms.paso import OptimizerSpec, paso
 from paraflow_hpc.io import checkpoint
 from paraflow_hpc.problems.models import make_problem
+from paraflow_hpc.problems.networks import make_problem as make_network_problem
 from paraflow_hpc.problems.resnet import ResNetSpec, init_params
+from paraflow_hpc.steppers import BatchSchedule, Coarse, Fine
 
 LORENZ = ["--problem", "lorenz", "--intervals", "8", "--coarse-steps", "10", "--fine-steps", "200", "--tol", "0",
           "--quiet"]
@@ -321,3 +324,44 @@ def test_slurm_step_restarts_from_a_checkpoint_or_its_prev(tmp_path, left):
     assert done.returncode == 0, done.stdout + done.stderr
     launched = next(line for line in done.stdout.splitlines() if line.startswith("srun --mpi"))
     assert ("--restart " + str(run_dir / "result.ckpt.h5") in launched) == (left is not None), launched
+
+
+def _nan_at_evaluation(problem, which: int, grad_too: bool):
+    """Make the ``which``-th full-batch evaluation (0-based) of ``problem`` return a NaN loss (and,
+    with ``grad_too``, a NaN gradient: what NaN weights give; without, a loss that overflowed alone)."""
+    exact, count = problem.value_and_grad, {"n": 0}
+
+    def value_and_grad(W, idx=None):
+        loss, g = exact(W, idx)
+        if idx is None:
+            count["n"] += 1
+            if count["n"] - 1 == which:
+                return math.nan, g * math.nan if grad_too else g
+        return loss, g
+
+    problem.value_and_grad = value_and_grad
+
+
+@pytest.mark.parametrize("selection", ["break", "argmin"])
+def test_paraflows_never_selects_a_nan_candidate(selection):
+    """Evaluations of window 0: W_0, F(W_0) (candidate 1), then candidates 2, 3, ...: candidate 2 NaN.
+    Before, ``loss >= previous`` was False for NaN, so "break" accepted it and went on from it."""
+    problem = make_network_problem("classification")
+    fine = Fine(problem, BatchSchedule(problem.n_samples, 5, 0), 5, 0.05)
+    W0 = problem.initial_weights(0)
+    _nan_at_evaluation(problem, 2, grad_too=True)
+    result = paraflows(problem, fine, Coarse(problem, 5 * 0.05), W0, n_g=4, selection=selection, k_max=1)
+    assert math.isfinite(result.loss) and result.stop_reason == "k_max"
+    assert result.history["selected"][0] != 2
+
+
+def test_paraflow_never_selects_a_nan_candidate():
+    """One rank, N_G = 3, init coarse: evaluations W_0, W_{1,0}, W_{2,0}, then the candidates
+    W_{1,1}, W_{2,1}, W_{3,1}; W_{1,1}'s loss is NaN and must not win (before, a NaN first in the
+    argmin always did: every comparison with it is False)."""
+    problem = make_network_problem("classification")
+    fine = Fine(problem, BatchSchedule(problem.n_samples, 5, 0), 5, 0.05)
+    W0 = problem.initial_weights(0)
+    _nan_at_evaluation(problem, 3, grad_too=False)
+    result = paraflow(MPI.COMM_SELF, problem, fine, Coarse(problem, 5 * 0.05), W0, n_intervals=3, k_max=1)
+    assert math.isfinite(result.loss) and result.history["selected"][0] in (2, 3)
