@@ -221,15 +221,24 @@ LONG = ["run", "parareal", "--problem", "lorenz", "--intervals", "40", "--coarse
         "1000", "--tol", "0", "--reference", "false"]
 
 
+def _catches_sigusr1(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as fh:
+        caught = int(next(line for line in fh if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught >> (signal.SIGUSR1 - 1) & 1)
+
+
 def test_sigusr1_in_the_first_moments_is_not_fatal(tmp_path):
-    """One rank (a singleton): SIGUSR1 0.3 s after start, long before the imports are done."""
+    """One rank (a singleton): SIGUSR1 the moment its handler is installed, while numpy, torch and
+    MPI are still being imported (before, the handler came ~0.5 s later: such a signal killed it)."""
     ck = tmp_path / "ck.h5"
     proc = subprocess.Popen([sys.executable, "-m", "paraflow_hpc", *LONG, "--quiet", "--checkpoint", ck,
                              "--output", tmp_path / "o.h5"], env=mpi_env(), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGUSR1)
     try:
+        started = time.time()
+        while not _catches_sigusr1(proc.pid) and time.time() - started < 60:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGUSR1)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -237,6 +246,23 @@ def test_sigusr1_in_the_first_moments_is_not_fatal(tmp_path):
     assert proc.returncode == 3, err
     meta, _ = verified(ck, 1)
     assert meta["iteration"] >= 1
+
+
+def test_stop_handler_comes_before_the_heavy_imports():
+    """What makes an early signal harmless: when the CLI installs the handlers, neither numpy nor
+    mpi4py nor torch is imported yet (they take about a second on a loaded machine)."""
+    code = ("import signal, sys\n"
+            "install = signal.signal\n"
+            "def spy(sig, handler):\n"
+            "    print(sorted(m for m in ('numpy', 'mpi4py', 'torch') if m in sys.modules))\n"
+            "    return install(sig, handler)\n"
+            "signal.signal = spy\n"
+            "from paraflow_hpc import cli\n"
+            "cli.main(['run', 'parareal', '--help'])\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=mpi_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:2] == ["[]", "[]"], done.stdout   # SIGUSR1, SIGTERM
 
 
 def _signal_mpirun(tmp_path, sig, env=None):
