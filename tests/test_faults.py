@@ -115,6 +115,23 @@ def test_parareal_non_finite_update_exits_4(tmp_path, nranks):
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("nranks", [1, 2, 3])
+def test_parareal_fine_turning_nan_later_keeps_a_finite_checkpoint(tmp_path, nranks):
+    """F returns NaN from some call on (every rank): after the checkpoints of the first iterations,
+    the run stops with exit 4 naming the iteration, and the last checkpoint is finite and verifies."""
+    out, ck = tmp_path / "r.h5", tmp_path / "ck.h5"
+    proc = run_script(nranks, "fail_on_one_rank.py", "rhs_nan_after", 16000 // nranks, "--", "run", "parareal",
+                      *LORENZ, "--reference", "false", "--checkpoint-every", "1", "--checkpoint", ck,
+                      "--output", out, timeout=180, check=False, launcher=[])
+    meta = expect_non_finite(proc, "non-finite", out)
+    meta, groups = verified(ck, nranks)
+    assert meta["iteration"] >= 1 and f"after iteration {meta['iteration'] + 1}" in proc.stderr, proc.stderr
+    for arrays in groups.values():
+        for name in ("boundaries", "fine", "coarse_old"):
+            assert name not in arrays or np.isfinite(arrays[name]).all()
+
+
+@pytest.mark.mpi
 def test_paraflow_nan_stops_with_the_window_named(tmp_path):
     out, ck = tmp_path / "p.h5", tmp_path / "p.ckpt.h5"
     proc = run_cli(2, ["run", "paraflow", "--problem", "pinn", "--eta", "1e30", "--n-f", "2", "--budget", "60000",

@@ -7,6 +7,8 @@ Usage: fail_on_one_rank.py WHERE RANK -- CLI ARGS. WHERE is one of
   first_evaluation   on RANK, the first call of the method's user-level callable raises: the
                      right-hand side (Parareal), the loss gradient (ParaFlow), the window
                      gradients (PASO), the forward pass of a block of layers (layer-parallel)
+  rhs_nan_after      on EVERY rank, the right-hand side returns NaN after RANK calls (a diverging F
+                     in a later iteration, after checkpoints were written)
 The exit code is the CLI's (or MPI_Abort's); the test asserts no hang and one message.
 """
 import sys
@@ -47,4 +49,12 @@ elif where == "first_evaluation" and me == rank:
     networks.NetworkProblem.value_and_grad = failing(networks.NetworkProblem.value_and_grad, 0, error)
     models.TrainingProblem.window_gradients = failing(models.TrainingProblem.window_gradients, 0, error)
     resnet.Subnetwork.forward = failing(resnet.Subnetwork.forward, 0, error)
+elif where == "rhs_nan_after":
+    def nan_later(original):
+        def f(self, t, y):
+            calls["n"] += 1
+            return original(self, t, y) * (float("nan") if calls["n"] > rank else 1.0)
+        return f
+    for cls in ode.ODE_PROBLEMS.values():
+        cls.f = nan_later(cls.f)
 sys.exit(cli.main(args))
