@@ -11,3 +11,7 @@ export OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
 export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
 export H5PY_ALWAYS_USE_MPI=${H5PY_ALWAYS_USE_MPI:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# Not set here: OMPI_MCA_odls_base_sigkill_timeout. On SIGTERM mpirun waits that many seconds
+# (default 1) before it passes SIGTERM to the ranks and SIGKILLs them as long again later, so a
+# larger value lets the ranks checkpoint on SIGTERM, but it also delays every failing exit by
+# twice as long, and mpirun exits 1 anyway. Stop an mpirun run with SIGUSR1 (docs/checkpoint.md).

@@ -118,7 +118,9 @@ paraflow_step() {
   fi
   [ -z "$paraflow_signal" ] || paraflow_stopped "SIG$paraflow_signal before step $name"
   local extra=(--output "$out" --checkpoint "$ckpt")
-  if [ -f "$ckpt" ]; then extra+=(--restart "$ckpt"); fi
+  # A kill between the two renames of a checkpoint commit leaves only NAME.ckpt.h5.prev, which
+  # --restart NAME.ckpt.h5 falls back to: restart whenever either exists.
+  if [ -f "$ckpt" ] || [ -f "$ckpt.prev" ]; then extra+=(--restart "$ckpt"); fi
   echo "[paraflow] srun --mpi=${SRUN_MPI:-pmix} ${ntasks[*]} paraflow-hpc $* ${extra[*]}"
   srun --mpi="${SRUN_MPI:-pmix}" "${ntasks[@]}" paraflow-hpc "$@" "${extra[@]}" &
   paraflow_step_pid=$!

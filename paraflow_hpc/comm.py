@@ -18,23 +18,24 @@ from mpi4py import MPI
 from .stop import StopRequest  # noqa: F401  (re-exported: the runners take it from here)
 
 
+EXIT_ABORTED = 1  # MPI_Abort error code when one rank fails inside a collective section
+EXIT_NON_FINITE = 4  # a non-finite value where a result was expected (NonFiniteError)
+
+
 def abort_on_uncaught_exception(comm) -> None:
     """An exception on one rank must end every rank, never leave them waiting in a collective."""
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
+        if comm.size == 1:   # nobody waits: the ordinary traceback (once), exit 1
+            previous(exc_type, exc, tb)
+            return
         sys.stderr.write(f"[rank {comm.rank}] uncaught exception, aborting all {comm.size} ranks:\n")
         traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
         sys.stderr.flush()
-        if comm.size > 1:
-            comm.Abort(1)
-        previous(exc_type, exc, tb)
+        comm.Abort(EXIT_ABORTED)
 
     sys.excepthook = hook
-
-
-EXIT_ABORTED = 1  # MPI_Abort error code when one rank fails inside a collective section
-EXIT_NON_FINITE = 4  # a non-finite value where a result was expected (NonFiniteError)
 
 
 class AgreedError(Exception):

@@ -219,7 +219,7 @@ def test_bad_input_fails_on_every_rank(tmp_path, args, message):
 def test_unstable_coarse_propagator_is_reported(tmp_path):
     result = run_cli(2, ["run", "parareal", "--quiet", "--problem", "brusselator", "--intervals", "8",
                          "--output", str(tmp_path / "d.h5")], check=False)
-    assert result.returncode == 1 and "Parareal diverged in iteration 1" in result.stderr
+    assert result.returncode == 4 and "Parareal diverged in iteration 1" in result.stderr
 
 
 def test_unwritable_output_path(tmp_path):

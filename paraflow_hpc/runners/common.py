@@ -40,8 +40,9 @@ def blew_up(comm, method: str, initial: float, final: float, flag: str = "blew_u
 class CheckpointHook:
     """Writes a checkpoint every ``every`` iterations, and on an agreed stop request."""
 
-    def __init__(self, comm, cfg, kind: str, identity: dict, progress=None):
-        self.comm, self.kind, self.identity = comm, kind, identity
+    def __init__(self, comm, cfg, kind: str, identity: dict, progress=None,
+                 fix: str = "lower the step size or learning rate"):
+        self.comm, self.kind, self.identity, self.fix = comm, kind, identity, fix
         self.path, self.every = cfg.checkpoint, cfg.checkpoint_every
         self.spec = getattr(cfg, "checkpoint_spec", None)   # names and shapes a checkpoint must hold
         self.meta_types = checkpoint_meta(cfg)
@@ -53,15 +54,14 @@ class CheckpointHook:
         """Collective. ``rank_arrays``/``root_arrays`` are callables, only evaluated when saving.
 
         ``finite``: this rank's state is finite. If it is not on some rank, every rank raises
-        :class:`NonFiniteError` naming ``iteration`` and nothing is written, so the last
+        :class:`NonFiniteError` naming ``iteration`` (and ``fix``) and nothing is written, so the last
         checkpoint stays the last finite state (the check rides on the stop agreement's reduction).
         """
         flags = np.array([int(self.stop.flag), int(not finite)])
         self.comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
         stop, bad = bool(flags[0]), bool(flags[1])
         if bad:
-            raise NonFiniteError(f"non-finite state after iteration {iteration} (the step size or learning "
-                                 "rate is too large for this problem)")
+            raise NonFiniteError(f"non-finite state after iteration {iteration}: {self.fix}")
         if stop or (self.every and iteration % self.every == 0):
             save_checkpoint(self.comm, self.path, self.kind, {**self.identity, **(meta or {}),
                                                               "iteration": iteration},

@@ -119,7 +119,7 @@ def main(cfg: Config, comm) -> int:
              f"depth {cfg.depth}, width {cfg.width}, coupling {cfg.coupling}, "
              f"{'coarse prediction H = %d' % cfg.coarse_iterations if coarse else 'single-level'}")
 
-    hook = CheckpointHook(comm, cfg, "layer-parallel", cfg.identity(), progress)
+    hook = CheckpointHook(comm, cfg, "layer-parallel", cfg.identity(), progress, fix="lower lr")
     resume = None
     if cfg.restart:
         meta, arrays, root = hook.load(cfg.restart)

@@ -103,7 +103,8 @@ def main(cfg: Config, comm) -> int:
         serial_seconds = comm.allreduce(ref_timers.elapsed(), op=MPI.MAX)
         progress(f"serial fine solution: {serial_seconds:.3f} s")
 
-    hook = CheckpointHook(comm, cfg, "parareal", cfg.identity(), progress)
+    hook = CheckpointHook(comm, cfg, "parareal", cfg.identity(), progress,
+                          fix="F or G is unstable at this step size; increase fine_steps / coarse_steps or intervals")
     # Counters and the run time so far of this rank, checkpointed so that a restarted run reports
     # totals over all its segments: fine_calls, coarse_calls, rhs_evaluations, seconds.
     done = np.zeros(4)
@@ -127,10 +128,13 @@ def main(cfg: Config, comm) -> int:
         return done + [calls["fine"], calls["coarse"], problem.nfev, run_timers.elapsed()]
 
     def after_iteration(state: PararealState) -> bool:
+        # F's values for the next iteration are computed by now: a non-finite one stops every rank
+        # here, before it reaches a checkpoint
+        finite = bool(np.isfinite(state.boundaries).all() and np.isfinite(state.fine).all())
         return hook(state.k, lambda: {"boundaries": state.boundaries, "coarse_old": state.coarse_old,
                                       "fine": state.fine, "counters": so_far()},
                     lambda: {"jumps": np.array(state.jumps), "errors": np.array(state.errors),
-                             "residuals": np.array(state.residuals)})
+                             "residuals": np.array(state.residuals)}, finite=finite)
 
     problem.nfev = 0
     comm.Barrier()

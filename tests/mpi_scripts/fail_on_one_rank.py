@@ -1,0 +1,60 @@
+"""Run ``paraflow-hpc ARGS`` with an exception injected on ONE rank only, at one collective section.
+
+Usage: fail_on_one_rank.py WHERE RANK -- CLI ARGS. WHERE is one of
+  checkpoint_write   the second checkpoint write raises (on rank 0, which writes; the others wait)
+  checkpoint_read    reading the restart checkpoint raises (rank 0 reads; the others wait)
+  result_write       writing a dataset of the parallel HDF5 result raises OSError on RANK
+  first_evaluation   on RANK, the first call of the method's user-level callable raises: the
+                     right-hand side (Parareal), the loss gradient (ParaFlow), the window
+                     gradients (PASO), the forward pass of a block of layers (layer-parallel)
+  rhs_nan_after      on EVERY rank, the right-hand side returns NaN after RANK calls (a diverging F
+                     in a later iteration, after checkpoints were written)
+The exit code is the CLI's (or MPI_Abort's); the test asserts no hang and one message.
+"""
+import sys
+
+from mpi4py import MPI
+
+import h5py
+
+from paraflow_hpc import cli
+from paraflow_hpc.io import checkpoint
+from paraflow_hpc.problems import models, networks, ode, resnet
+
+where, rank = sys.argv[1], int(sys.argv[2])
+args = sys.argv[sys.argv.index("--") + 1:]
+me = MPI.COMM_WORLD.rank
+calls = {"n": 0}
+
+
+def failing(original, after: int, exc):
+    def wrapper(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise exc
+        return original(*a, **k)
+    return wrapper
+
+
+if where == "checkpoint_write" and me == rank:
+    checkpoint._write_file = failing(checkpoint._write_file, 1, RuntimeError("injected: checkpoint write fails"))
+elif where == "checkpoint_read" and me == rank:
+    checkpoint._read_file = failing(checkpoint._read_file, 0, ValueError("injected: checkpoint read fails"))
+elif where == "result_write" and me == rank:
+    h5py.Dataset.__setitem__ = failing(h5py.Dataset.__setitem__, 0, OSError("injected: dataset write fails"))
+elif where == "first_evaluation" and me == rank:
+    error = TypeError("injected: a user callable fails")
+    for cls in ode.ODE_PROBLEMS.values():
+        cls.f = failing(cls.f, 0, error)
+    networks.NetworkProblem.value_and_grad = failing(networks.NetworkProblem.value_and_grad, 0, error)
+    models.TrainingProblem.window_gradients = failing(models.TrainingProblem.window_gradients, 0, error)
+    resnet.Subnetwork.forward = failing(resnet.Subnetwork.forward, 0, error)
+elif where == "rhs_nan_after":
+    def nan_later(original):
+        def f(self, t, y):
+            calls["n"] += 1
+            return original(self, t, y) * (float("nan") if calls["n"] > rank else 1.0)
+        return f
+    for cls in ode.ODE_PROBLEMS.values():
+        cls.f = nan_later(cls.f)
+sys.exit(cli.main(args))
