@@ -31,8 +31,12 @@ def verified(path, nranks):
     """The checkpoint at ``path`` passes every check of a restart (checksum, schema); its meta."""
     with h5py.File(path, "r") as f:
         kind = str(f.attrs["kind"])
-    meta, groups = checkpoint._read_file(str(path), kind, nranks, {})
-    return meta, groups
+    opened = checkpoint._open_verified(str(path), kind, nranks, {}, None)
+    try:
+        groups = {g: {n: opened.f[g][n][()] for n in opened.f[g]} for g in opened.f}
+        return opened.meta, groups
+    finally:
+        opened.close()
 
 
 # --- 1. an exception on one rank inside a collective section: abort, never a hang --------------------

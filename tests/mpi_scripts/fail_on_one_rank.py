@@ -37,9 +37,9 @@ def failing(original, after: int, exc):
 
 
 if where == "checkpoint_write" and me == rank:
-    checkpoint._write_file = failing(checkpoint._write_file, 1, RuntimeError("injected: checkpoint write fails"))
+    checkpoint._seal = failing(checkpoint._seal, 1, RuntimeError("injected: checkpoint write fails"))
 elif where == "checkpoint_read" and me == rank:
-    checkpoint._read_file = failing(checkpoint._read_file, 0, ValueError("injected: checkpoint read fails"))
+    checkpoint._open_verified = failing(checkpoint._open_verified, 0, ValueError("injected: checkpoint read fails"))
 elif where == "result_write" and me == rank:
     h5py.Dataset.__setitem__ = failing(h5py.Dataset.__setitem__, 0, OSError("injected: dataset write fails"))
 elif where == "first_evaluation" and me == rank:
