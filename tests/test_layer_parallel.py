@@ -148,6 +148,8 @@ def run(tmp_path, nranks, name, *args, **kwargs):
                 "open_W": f["data/open_W"][()], "loss": f["history/loss"][()],
                 "train_accuracy": f["history/eval_train_accuracy"][()],
                 "mse": f["history/regression_mse"][()] if "regression_mse" in f["history"] else None,
+                "cosine": f["history/gradient_cosine"][()] if "gradient_cosine" in f["history"] else None,
+                "rel": f["history/regression_rel_error"][()] if "regression_rel_error" in f["history"] else None,
                 "compute": f["history/compute_seconds"][()], "wait": f["history/wait_seconds"][()],
                 "timings": {k: f["timings"][k][()] for k in f["timings"]}, "blocks": f["data/layer_blocks"][()]}
 
@@ -206,6 +208,24 @@ def test_layer_parallel_reaches_serial_accuracy(tmp_path, serial_accuracy, nrank
     for key in ("compute", "wait"):  # every rank's seconds per iteration
         assert parallel[key].shape == (200, nranks) and np.all(parallel[key] >= 0)
     assert np.all(parallel["compute"].sum(axis=0) > 0)
+
+
+@pytest.mark.mpi
+def test_two_ranks_follow_the_papers_schedule_and_record_gradient_cosines(tmp_path):
+    """Paper's two-processor schedule: rank 1 works on rank 0's current mini-batch at rank 0's current
+    weights, so its gradient is the true one (cosine 1) and only rank 0's co-state is inexact; on
+    3 ranks the last two ranks' input states are one iteration old and no rank's cosine is 1."""
+    two = run(tmp_path, 2, "diag", "--iterations", "30", "--coarse-iterations", "0", "--diagnose-every", "3")
+    cos = two["cosine"]
+    assert cos.shape == (30, 2)
+    sampled = np.arange(30) % 3 == 0
+    assert np.all(np.isnan(cos[~sampled]))
+    np.testing.assert_allclose(cos[sampled, 1], 1.0, atol=1e-12)
+    assert np.all(np.abs(cos[sampled, 0]) <= 1 + 1e-12) and np.nanmin(cos[sampled, 0]) < 1 - 1e-6
+    assert two["rel"].shape == (30, 1) and np.all(np.isfinite(two["rel"]))
+    three = run(tmp_path, 3, "diag", "--iterations", "12", "--coarse-iterations", "0", "--diagnose-every", "2")
+    assert three["cosine"].shape == (12, 3)
+    assert np.all(np.nanmax(three["cosine"][2::2], axis=0) < 1 - 1e-6)  # stale states or regressed co-states
 
 
 @pytest.mark.mpi

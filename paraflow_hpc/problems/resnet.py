@@ -167,9 +167,19 @@ class Subnetwork:
         self._graph = (x_in, leaves, X)
         return X.detach()
 
+    @property
+    def has_graph(self) -> bool:
+        """Whether a forward solve awaits its backward solve."""
+        return self._graph is not None
+
+    @property
+    def state_out(self) -> torch.Tensor:
+        """X_stop of the forward solve that awaits its backward solve (detached)."""
+        return self._graph[2].detach()
+
     def loss_costate(self, targets):
         """Last block: loss, the terminal co-state dLoss/dX_T, head gradients and correct predictions."""
-        X = self._graph[2].detach().requires_grad_()
+        X = self.state_out.requires_grad_()
         W, c = (self.params[n].detach().requires_grad_() for n in HEAD_PARAMS)
         with torch.enable_grad():
             out = head_output(self.spec, X, W, c)

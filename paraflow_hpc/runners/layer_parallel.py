@@ -41,6 +41,8 @@ class Config(RunConfig):
     regression_by_class: bool = option(True, "fit one affine co-state map per class label (false: one map, "
                                              "eq. (6) as printed)")
     eval_every: int = option(10, "evaluate full train/test accuracy every k iterations (not timed)")
+    diagnose_every: int = option(0, "every k iterations also compute each rank's exact gradient and record its "
+                                    "cosine with the applied one (regression coupling; not timed; 0: never)")
     dtype: str = option("float64", "floating-point type", choices=list(DTYPES))
     device: str = option("auto", "auto: one GPU per rank when CUDA is available, else the CPU",
                          choices=["auto", "cpu", "cuda"])
@@ -51,7 +53,7 @@ class Config(RunConfig):
             require(getattr(self, key) >= 1, f"{key} = {getattr(self, key)}: must be >= 1")
         for key in ("final_time", "lr"):
             require(getattr(self, key) > 0, f"{key} = {getattr(self, key)}: must be > 0")
-        for key in ("coarse_iterations", "coarse_lr", "weight_decay", "ridge"):
+        for key in ("coarse_iterations", "coarse_lr", "weight_decay", "ridge", "diagnose_every"):
             require(getattr(self, key) >= 0, f"{key} = {getattr(self, key)}: must be >= 0")
         require(self.samples >= 10, f"samples = {self.samples}: need at least 10 for a train/test split")
         require(self.batch_size <= int(0.8 * self.samples) - 1,
@@ -72,7 +74,7 @@ class Config(RunConfig):
         """The options that define the iterates: a checkpoint must match them to be resumed."""
         keys = ("problem", "samples", "seed", "depth", "width", "final_time", "scheme", "coupling",
                 "coarse_iterations", "coarse_lr", "iterations", "lr", "batch_size", "weight_decay", "window",
-                "ridge", "regression_by_class", "eval_every", "dtype")
+                "ridge", "regression_by_class", "eval_every", "diagnose_every", "dtype")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -92,7 +94,7 @@ def train_options(cfg: Config) -> dict:
     return dict(iterations=cfg.iterations, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
                 coupling=cfg.coupling, coarse_iterations=cfg.coarse_iterations, coarse_lr=cfg.coarse_lr or cfg.lr,
                 window=cfg.window, ridge=cfg.ridge, by_class=cfg.regression_by_class, weight_decay=cfg.weight_decay,
-                eval_every=cfg.eval_every)
+                eval_every=cfg.eval_every, diagnose_every=cfg.diagnose_every)
 
 
 def main(cfg: Config, comm) -> int:
