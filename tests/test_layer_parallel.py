@@ -270,6 +270,7 @@ def test_benchmark_writes_hdf5_table_and_plot(tmp_path):
                 "--schemes", "euler", "--iterations", "60", "--coarse-iterations", "10", "--eval-every", "5",
                 "--target-accuracy", "0.85", "--output", str(out)])
     table = (tmp_path / "bench.md").read_text()
+    assert table.startswith("Baseline of every speed-up: a plain torch SGD loop")
     assert "| euler | 4 | multilevel |" in table and "| euler | 4 | single-level |" in table
     assert (tmp_path / "bench.png").stat().st_size > 0
     with h5py.File(out, "r") as f:
@@ -280,6 +281,9 @@ def test_benchmark_writes_hdf5_table_and_plot(tmp_path):
         serial = iterations_to_target("serial")
         assert serial > 0  # above the majority-class accuracy of the untrained net: a real training run
         np.testing.assert_equal(f["data/serial_iterations"][()], [serial, serial])
+        # the exact coupling on one rank has the plain torch loop's iterates, so its accuracy series too
+        np.testing.assert_equal(f["history/euler_4_exact_train_accuracy"][()], f["history/euler_4_serial_train_accuracy"][()])
+        assert f["history/euler_4_single_level_gradient_cosine"].shape == (60, 2)
         np.testing.assert_equal(f["data/parallel_iterations"][()],
                                 [iterations_to_target("multilevel"), iterations_to_target("single_level")])
         assert f["history/euler_4_multilevel_regression_mse"].shape == (60,)
