@@ -48,6 +48,7 @@ from ..problems.resnet import LAYER_PARAMS, ResNetSpec, Subnetwork, head_output,
 
 TAG_STATE, TAG_COSTATE, TAG_EVAL = 31, 32, 33
 COUPLINGS = ("regression", "exact")
+FEATURES = ("affine", "quadratic")  # regressors of the co-state model
 COMPUTE_TIMERS = ("forward", "loss", "regression", "backward", "update")  # the rest: waiting, I/O, setup
 
 
@@ -112,11 +113,16 @@ class CostateRegression:
     a single affine map averages away. Every rank knows the labels of the batch it works on.
     A label absent from the window falls back to the map fitted on all pairs.
 
+    ``features = "quadratic"`` adds the products X_i X_j (i <= j) to the regressors (a second-order
+    model of the co-state map; (dim + 1)(dim + 2)/2 coefficients per output and label).
+
     Each batch's normal equations (per label) are formed once when it is added; a fit sums the
     window's and solves all labels at once, so its cost does not grow with the window's rows."""
 
-    def __init__(self, window: int, ridge: float, n_classes: int = 1):
-        self.window, self.ridge, self.n_classes = window, ridge, n_classes
+    def __init__(self, window: int, ridge: float, n_classes: int = 1, features: str = "affine"):
+        if features not in FEATURES:
+            raise ValueError(f"unknown features {features!r}; choose one of: {', '.join(FEATURES)}")
+        self.window, self.ridge, self.n_classes, self.features = window, ridge, n_classes, features
         self.xs: list[torch.Tensor] = []
         self.ps: list[torch.Tensor] = []
         self.ys: list[torch.Tensor] = []
@@ -128,10 +134,18 @@ class CostateRegression:
             return torch.zeros(len(X), dtype=torch.int64, device=X.device)
         return labels
 
+    def _phi(self, X) -> torch.Tensor:
+        """Regressors of each row: X (and with ``quadratic`` features the products X_i X_j, i <= j), then 1."""
+        parts = [X]
+        if self.features == "quadratic":
+            i, j = torch.triu_indices(X.shape[1], X.shape[1], device=X.device)
+            parts.append(X[:, i] * X[:, j])
+        return torch.cat([*parts, torch.ones_like(X[:, :1])], dim=1)
+
     def add(self, X, P, labels=None) -> None:
         X, P = X.detach().clone(), P.detach().clone()
         y = self._labels(X, labels).clone()
-        phi = torch.cat([X, torch.ones_like(X[:, :1])], dim=1)
+        phi = self._phi(X)
         onehot = torch.nn.functional.one_hot(y, self.n_classes).to(X.dtype)
         phi_t = onehot.T[:, None, :] * phi.T  # (labels, dim + 1, rows): each label's rows only
         self._normal.append((phi_t @ phi, phi_t @ P))
@@ -141,7 +155,7 @@ class CostateRegression:
         self.coef = None
 
     def fit(self) -> torch.Tensor:
-        """Coefficients [A^T; B] per label, shape (n_classes, dim + 1, dim)."""
+        """Coefficients [A^T; B] per label, shape (n_classes, features + 1, dim)."""
         gram = torch.stack([g for g, _ in self._normal]).sum(dim=0)
         rhs = torch.stack([c for _, c in self._normal]).sum(dim=0)
         gram = torch.cat([gram, gram.sum(dim=0, keepdim=True)])  # the last system pools all labels
@@ -164,7 +178,7 @@ class CostateRegression:
         if not self.xs:
             return torch.zeros_like(X)
         coef = self.coef if self.coef is not None else self.fit()
-        every_label = X @ coef[:, :-1] + coef[:, -1:]  # (labels, rows, dim)
+        every_label = self._phi(X) @ coef  # (labels, rows, dim)
         return every_label[self._labels(X, labels), torch.arange(len(X), device=X.device)]
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -177,9 +191,11 @@ class CostateRegression:
             self.add(torch.from_numpy(x).to(device), torch.from_numpy(p).to(device), torch.from_numpy(y).to(device))
 
 
-def costate_regression(spec: ResNetSpec, window: int, ridge: float, by_class: bool) -> CostateRegression:
+def costate_regression(spec: ResNetSpec, window: int, ridge: float, by_class: bool,
+                       features: str = "affine") -> CostateRegression:
     """The regression of a run: one map per class label only where there are labels (classification)."""
-    return CostateRegression(window, ridge, spec.out_dim if by_class and spec.loss == "cross_entropy" else 1)
+    return CostateRegression(window, ridge, spec.out_dim if by_class and spec.loss == "cross_entropy" else 1,
+                             features)
 
 
 @dataclass
@@ -461,7 +477,8 @@ def _gather_history(comm, state: LayerParallelState) -> dict:
 
 def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, lr: float, batch_size: int,
           seed: int, coupling: str = "regression", coarse_iterations: int = 0, coarse_lr: float | None = None,
-          window: int = 20, ridge: float = 1e-6, by_class: bool = True, weight_decay: float = 0.0,
+          window: int = 20, ridge: float = 1e-6, by_class: bool = True, features: str = "affine",
+          weight_decay: float = 0.0,
           eval_every: int = 10, diagnose_every: int = 0,
           resume: LayerParallelState | None = None,
           after_iteration: Callable[[LayerParallelState], bool] | None = None,
@@ -472,7 +489,8 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
     ``data``: tensors x_train, y_train, x_test, y_test on the rank's device. ``coarse_iterations``
     H > 0 turns on the global prediction (regression coupling only). Full-data accuracy is
     evaluated every ``eval_every`` iterations, outside the timed training. ``by_class``: one affine
-    co-state map per class label (classification only; see :class:`CostateRegression`).
+    co-state map per class label (classification only; see :class:`CostateRegression`); ``features``:
+    its regressors, ``affine`` (eq. (6)) or ``quadratic``.
     ``diagnose_every`` n > 0 (regression coupling): every n-th iteration also computes each rank's
     exact gradient on its mini-batch at the current weights (:func:`true_gradients`, not timed) and
     records its cosine with the applied gradient in ``history["gradient_cosine"]`` (nan elsewhere).
@@ -515,7 +533,7 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
         time_offset = state.train_seconds
     else:
         time_offset = 0.0
-        regression = costate_regression(spec, window, ridge, by_class)
+        regression = costate_regression(spec, window, ridge, by_class, features)
         idx0 = batches.indices(0)
         if coarse:
             state = _global_prediction(comm, spec, params, start, stop, data, regression, coarse_iterations,

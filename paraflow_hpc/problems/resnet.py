@@ -118,8 +118,8 @@ def loss_value(spec: ResNetSpec, out, targets):
 def full_forward(spec: ResNetSpec, params: dict, x):
     """The whole network as one autograd graph (reference for the per-layer solves)."""
     X = opening(spec, x, params["open_W"], params["open_b"])
-    for j in range(spec.depth):
-        X = layer_step(spec, X, params["K"][j], params["b"][j])
+    for K, b in zip(params["K"].unbind(0), params["b"].unbind(0)):  # one stacking copy in backward, not one per layer
+        X = layer_step(spec, X, K, b)
     return head_output(spec, X, params["head_W"], params["head_b"])
 
 
