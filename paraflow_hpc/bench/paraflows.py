@@ -285,8 +285,9 @@ def torch_optimizer(problem, W0, name: str, lr: float, budget: int) -> dict:
 
 
 def run_optimizers(cfg: Config, comm, name: str, progress) -> dict:
-    """Final full-batch loss at ``optim_budget`` gradients: GD, ParaFlowS (N_G = n_g), Adam per rate,
-    L-BFGS on rank 0, and ParaFlow on all ranks (its budget counts every rank's gradients)."""
+    """Final full-batch loss at ``optim_budget`` gradients: GD, ParaFlowS (N_G = n_g), Adam and
+    ParaFlowS with F = Adam per rate, L-BFGS on rank 0, and ParaFlow on all ranks (its budget counts
+    every rank's gradients)."""
     problem = make_problem(name)
     W0 = problem.initial_weights(cfg.seed)
     schedule = BatchSchedule(problem.n_samples, problem.n_samples, cfg.seed)
@@ -320,6 +321,10 @@ def run_optimizers(cfg: Config, comm, name: str, progress) -> dict:
                     "ranks": comm.size, "seconds": MPI.Wtime() - t0})
     for lr in cfg.optim_lrs:
         timed(f"Adam (lr {lr:g})", 1, lambda: torch_optimizer(problem, W0, "adam", lr, budget))
+        adam_fine = Fine(problem, schedule, cfg.race_n_f, lr, "adam")  # F = N_F Adam steps, state fresh per F
+        timed(f"ParaFlowS with F = Adam (lr {lr:g}, N_F = {cfg.race_n_f}, N_G = {cfg.n_g}, {cfg.selection})", 1,
+              lambda: flow(paraflows(problem, adam_fine, Coarse(problem, cfg.race_n_f * lr), W0, n_g=cfg.n_g,
+                                     selection=cfg.selection, budget=budget)))
     timed("L-BFGS (strong Wolfe)", 1, lambda: torch_optimizer(problem, W0, "lbfgs", 1.0, budget))
     return {"problem": name, "budget": budget, "initial": problem.loss(W0), "entries": entries}
 
