@@ -131,6 +131,29 @@ def test_regression_recovers_exact_costate_map_of_linear_network():
     assert torch.max(torch.abs(biased.predict(X) - P)) / torch.max(torch.abs(P)) > 1e-3
 
 
+def test_quadratic_regression_recovers_a_quadratic_map_and_never_exceeds_the_observed_scale():
+    """quadratic features: a co-state map quadratic in the state is fitted exactly inside the data;
+    far outside it, the prediction is scaled back to the largest co-state in the window."""
+    gen = torch.Generator().manual_seed(4)
+    Q, A = torch.randn(3, 3, 2, dtype=torch.float64, generator=gen), torch.randn(3, 2, dtype=torch.float64, generator=gen)
+
+    def costate(X):
+        return torch.einsum("ri,ijk,rj->rk", X, Q, X) + X @ A + 0.5
+
+    regression = CostateRegression(window=4, ridge=0.0, features="quadratic")
+    affine = CostateRegression(window=4, ridge=0.0)
+    for _ in range(4):
+        X = torch.randn(16, 3, dtype=torch.float64, generator=gen)
+        regression.add(X, costate(X)), affine.add(X, costate(X))
+    X = torch.randn(50, 3, dtype=torch.float64, generator=gen)
+    P = costate(X)
+    assert torch.max(torch.abs(regression.predict(X) - P)) / torch.max(torch.abs(P)) < 1e-9
+    assert torch.max(torch.abs(affine.predict(X) - P)) / torch.max(torch.abs(P)) > 1e-2
+    largest = max(float(p.norm(dim=1).max()) for p in regression.ps)
+    far = regression.predict(100 * X)
+    assert torch.all(far.norm(dim=1) <= largest * (1 + 1e-12))
+
+
 def test_prolongation_and_restriction():
     coarse = torch.randn(4, 3, 3, dtype=torch.float64)
     fine = prolong(coarse)

@@ -114,7 +114,9 @@ class CostateRegression:
     A label absent from the window falls back to the map fitted on all pairs.
 
     ``features = "quadratic"`` adds the products X_i X_j (i <= j) to the regressors (a second-order
-    model of the co-state map; (dim + 1)(dim + 2)/2 coefficients per output and label).
+    model of the co-state map; (dim + 1)(dim + 2)/2 coefficients per output and label); its
+    predictions are scaled back to at most the largest per-sample co-state norm in the window, so
+    that the model cannot run away where it extrapolates.
 
     Each batch's normal equations (per label) are formed once when it is added; a fit sums the
     window's and solves all labels at once, so its cost does not grow with the window's rows."""
@@ -179,7 +181,12 @@ class CostateRegression:
             return torch.zeros_like(X)
         coef = self.coef if self.coef is not None else self.fit()
         every_label = self._phi(X) @ coef  # (labels, rows, dim)
-        return every_label[self._labels(X, labels), torch.arange(len(X), device=X.device)]
+        P = every_label[self._labels(X, labels), torch.arange(len(X), device=X.device)]
+        if self.features == "affine":
+            return P
+        # a higher-order model can run away off the window's data: no row larger than the largest observed
+        largest = max(float(p.norm(dim=1).max()) for p in self.ps)
+        return P * (largest / P.norm(dim=1, keepdim=True).clamp_min(largest)).clamp(max=1.0)
 
     def arrays(self) -> dict[str, np.ndarray]:
         stack = (lambda ts: torch.stack(ts).cpu().numpy()) if self.xs else (lambda ts: np.zeros((0,)))
