@@ -176,7 +176,8 @@ def rule(row: dict) -> str:
 
 
 def markdown(rows: list[dict], title: str) -> str:
-    head = (f"{title}\n\n| model | optimizer | n | T | p | δ rule | K | T/K | m | train loss seq / PASO | "
+    head = (f"{title}\n\nBaseline of the speed-up: the same optimizer as torch.optim, run sequentially (every rank "
+            f"runs it; the slowest rank's seconds), same w_0 and batches.\n\n| model | optimizer | n | T | p | δ rule | K | T/K | m | train loss seq / PASO | "
             "test acc seq / PASO | mean ‖Δw_t‖² | seq [s] | PASO [s] | speed-up | α | App. C S |\n|"
             + "---|" * 17 + "\n")
     return head + "".join(
