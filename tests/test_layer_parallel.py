@@ -135,7 +135,8 @@ def test_quadratic_regression_recovers_a_quadratic_map_and_never_exceeds_the_obs
     """quadratic features: a co-state map quadratic in the state is fitted exactly inside the data;
     far outside it, the prediction is scaled back to the largest co-state in the window."""
     gen = torch.Generator().manual_seed(4)
-    Q, A = torch.randn(3, 3, 2, dtype=torch.float64, generator=gen), torch.randn(3, 2, dtype=torch.float64, generator=gen)
+    Q = torch.randn(3, 3, 2, dtype=torch.float64, generator=gen)
+    A = torch.randn(3, 2, dtype=torch.float64, generator=gen)
 
     def costate(X):
         return torch.einsum("ri,ijk,rj->rk", X, Q, X) + X @ A + 0.5
@@ -305,7 +306,8 @@ def test_benchmark_writes_hdf5_table_and_plot(tmp_path):
         assert serial > 0  # above the majority-class accuracy of the untrained net: a real training run
         np.testing.assert_equal(f["data/serial_iterations"][()], [serial, serial])
         # the exact coupling on one rank has the plain torch loop's iterates, so its accuracy series too
-        np.testing.assert_equal(f["history/euler_4_exact_train_accuracy"][()], f["history/euler_4_serial_train_accuracy"][()])
+        np.testing.assert_equal(f["history/euler_4_exact_train_accuracy"][()],
+                                f["history/euler_4_serial_train_accuracy"][()])
         assert f["history/euler_4_single_level_gradient_cosine"].shape == (60, 2)
         np.testing.assert_equal(f["data/parallel_iterations"][()],
                                 [iterations_to_target("multilevel"), iterations_to_target("single_level")])

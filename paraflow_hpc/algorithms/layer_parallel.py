@@ -533,7 +533,8 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
                      f"test accuracy {test_acc:.4f}, {seconds:.2f} s")
 
     def train_seconds():
-        return time_offset + timers.elapsed() - sum(timers.seconds.get(n, 0.0) for n in ("eval", "checkpoint", "diagnose"))
+        untimed = ("eval", "checkpoint", "diagnose")
+        return time_offset + timers.elapsed() - sum(timers.seconds.get(n, 0.0) for n in untimed)
 
     if resume is not None:
         state = resume
@@ -574,8 +575,8 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
             true = None
             if diagnose_every and state.k % diagnose_every == 0:
                 with timers("diagnose"):
-                    true = true_gradients(comm, state.net, [(x_train[i], y_train[i]) for i in map(batch, range(comm.size))],
-                                          probe_msg)
+                    each_rank = [(x_train[i], y_train[i]) for i in map(batch, range(comm.size))]
+                    true = true_gradients(comm, state.net, each_rank, probe_msg)
             idx, nxt = batch(comm.rank), batch(comm.rank, ahead=1)
             applied = regression_iteration(comm, state, x_train[idx], y_train[idx], lr, weight_decay, msg,
                                            x_train[nxt], y_train[nxt])

@@ -232,7 +232,8 @@ def main(cfg: Config, comm) -> int:
                              "uphill": float((sampled < 0).mean()) if len(sampled) else float("nan")})
                 progress(f"{scheme} depth {depth} {variant}: {t_par:.2f} s to target, speed-up {speedup:.2f} "
                          f"against plain torch SGD, {1e3 * it_par:.2f} ms/iteration (compute CPU "
-                         f"{1e3 * compute_par:.2f} ms on the slowest rank, plain torch {1e3 * plain['compute']:.2f} ms), "
+                         f"{1e3 * compute_par:.2f} ms on the slowest rank, "
+                         f"plain torch {1e3 * plain['compute']:.2f} ms), "
                          f"test accuracy {rows[-1]['parallel_test_acc']:.3f}, co-state relative error (median) "
                          f"{rows[-1]['rel_first20']:.2f} (first 20) -> {rows[-1]['rel_last20']:.2f} (last 20), "
                          f"gradient cosine median {rows[-1]['cosine_rank0']:.2f} (rank 0), "
