@@ -131,6 +131,30 @@ def test_regression_recovers_exact_costate_map_of_linear_network():
     assert torch.max(torch.abs(biased.predict(X) - P)) / torch.max(torch.abs(P)) > 1e-3
 
 
+def test_quadratic_regression_recovers_a_quadratic_map_and_never_exceeds_the_observed_scale():
+    """quadratic features: a co-state map quadratic in the state is fitted exactly inside the data;
+    far outside it, the prediction is scaled back to the largest co-state in the window."""
+    gen = torch.Generator().manual_seed(4)
+    Q = torch.randn(3, 3, 2, dtype=torch.float64, generator=gen)
+    A = torch.randn(3, 2, dtype=torch.float64, generator=gen)
+
+    def costate(X):
+        return torch.einsum("ri,ijk,rj->rk", X, Q, X) + X @ A + 0.5
+
+    regression = CostateRegression(window=4, ridge=0.0, features="quadratic")
+    affine = CostateRegression(window=4, ridge=0.0)
+    for _ in range(4):
+        X = torch.randn(16, 3, dtype=torch.float64, generator=gen)
+        regression.add(X, costate(X)), affine.add(X, costate(X))
+    X = torch.randn(50, 3, dtype=torch.float64, generator=gen)
+    P = costate(X)
+    assert torch.max(torch.abs(regression.predict(X) - P)) / torch.max(torch.abs(P)) < 1e-9
+    assert torch.max(torch.abs(affine.predict(X) - P)) / torch.max(torch.abs(P)) > 1e-2
+    largest = max(float(p.norm(dim=1).max()) for p in regression.ps)
+    far = regression.predict(100 * X)
+    assert torch.all(far.norm(dim=1) <= largest * (1 + 1e-12))
+
+
 def test_prolongation_and_restriction():
     coarse = torch.randn(4, 3, 3, dtype=torch.float64)
     fine = prolong(coarse)
@@ -148,6 +172,8 @@ def run(tmp_path, nranks, name, *args, **kwargs):
                 "open_W": f["data/open_W"][()], "loss": f["history/loss"][()],
                 "train_accuracy": f["history/eval_train_accuracy"][()],
                 "mse": f["history/regression_mse"][()] if "regression_mse" in f["history"] else None,
+                "cosine": f["history/gradient_cosine"][()] if "gradient_cosine" in f["history"] else None,
+                "rel": f["history/regression_rel_error"][()] if "regression_rel_error" in f["history"] else None,
                 "compute": f["history/compute_seconds"][()], "wait": f["history/wait_seconds"][()],
                 "timings": {k: f["timings"][k][()] for k in f["timings"]}, "blocks": f["data/layer_blocks"][()]}
 
@@ -209,6 +235,24 @@ def test_layer_parallel_reaches_serial_accuracy(tmp_path, serial_accuracy, nrank
 
 
 @pytest.mark.mpi
+def test_two_ranks_follow_the_papers_schedule_and_record_gradient_cosines(tmp_path):
+    """Paper's two-processor schedule: rank 1 works on rank 0's current mini-batch at rank 0's current
+    weights, so its gradient is the true one (cosine 1) and only rank 0's co-state is inexact; on
+    3 ranks the last two ranks' input states are one iteration old and no rank's cosine is 1."""
+    two = run(tmp_path, 2, "diag", "--iterations", "30", "--coarse-iterations", "0", "--diagnose-every", "3")
+    cos = two["cosine"]
+    assert cos.shape == (30, 2)
+    sampled = np.arange(30) % 3 == 0
+    assert np.all(np.isnan(cos[~sampled]))
+    np.testing.assert_allclose(cos[sampled, 1], 1.0, atol=1e-12)
+    assert np.all(np.abs(cos[sampled, 0]) <= 1 + 1e-12) and np.nanmin(cos[sampled, 0]) < 1 - 1e-6
+    assert two["rel"].shape == (30, 1) and np.all(np.isfinite(two["rel"]))
+    three = run(tmp_path, 3, "diag", "--iterations", "12", "--coarse-iterations", "0", "--diagnose-every", "2")
+    assert three["cosine"].shape == (12, 3)
+    assert np.all(np.nanmax(three["cosine"][2::2], axis=0) < 1 - 1e-6)  # stale states or regressed co-states
+
+
+@pytest.mark.mpi
 def test_restart_resumes_bit_identically(tmp_path):
     """A run that checkpoints at 10 and 20 and ends at 30 == a restart from the checkpoint at 20."""
     ckpt = tmp_path / "lp.ckpt.h5"
@@ -250,6 +294,7 @@ def test_benchmark_writes_hdf5_table_and_plot(tmp_path):
                 "--schemes", "euler", "--iterations", "60", "--coarse-iterations", "10", "--eval-every", "5",
                 "--target-accuracy", "0.85", "--output", str(out)])
     table = (tmp_path / "bench.md").read_text()
+    assert table.startswith("Baseline of every speed-up: a plain torch SGD loop")
     assert "| euler | 4 | multilevel |" in table and "| euler | 4 | single-level |" in table
     assert (tmp_path / "bench.png").stat().st_size > 0
     with h5py.File(out, "r") as f:
@@ -260,6 +305,10 @@ def test_benchmark_writes_hdf5_table_and_plot(tmp_path):
         serial = iterations_to_target("serial")
         assert serial > 0  # above the majority-class accuracy of the untrained net: a real training run
         np.testing.assert_equal(f["data/serial_iterations"][()], [serial, serial])
+        # the exact coupling on one rank has the plain torch loop's iterates, so its accuracy series too
+        np.testing.assert_equal(f["history/euler_4_exact_train_accuracy"][()],
+                                f["history/euler_4_serial_train_accuracy"][()])
+        assert f["history/euler_4_single_level_gradient_cosine"].shape == (60, 2)
         np.testing.assert_equal(f["data/parallel_iterations"][()],
                                 [iterations_to_target("multilevel"), iterations_to_target("single_level")])
         assert f["history/euler_4_multilevel_regression_mse"].shape == (60,)

@@ -261,3 +261,31 @@ def test_bench_writes_ratios_table_and_race(tmp_path):
                 "--n-fs", "10", "--n-g", "6", "--race", "false", "--output", other, "--quiet"], timeout=300)
     proc = run_cli(1, ["report", out, other, "--out", tmp_path / "mixed"], check=False, timeout=120)
     assert proc.returncode == 2 and "differ in (N_G, selection, seed)" in proc.stdout
+
+
+def test_torch_optimizers_spend_the_budget_and_descend():
+    """Adam and L-BFGS of the equal-budget comparison: full-batch steps until the budget is spent
+    (Adam: exactly budget // N steps), counted by the problem, and both lower the loss."""
+    problem = make_problem("approximation")
+    W0 = problem.initial_weights(0)
+    L0, n = problem.loss(W0), problem.n_samples
+    adam = bench.torch_optimizer(problem, W0, "adam", 1e-2, 20 * n + 5)
+    assert adam["steps"] == 20 and adam["gradients"] == 20 * n and adam["loss"] < L0
+    lbfgs = bench.torch_optimizer(problem, W0, "lbfgs", 1.0, 20 * n)
+    assert lbfgs["steps"] >= 1 and lbfgs["gradients"] >= 20 * n - n and lbfgs["loss"] < L0
+    assert torch.equal(W0, problem.initial_weights(0))  # W0 itself is not trained in place
+
+
+def test_bench_compares_with_torch_optimizers_at_equal_budget(tmp_path):
+    out = tmp_path / "optim.h5"
+    run_cli(2, ["bench", "paraflows", "--grid", "false", "--race", "false", "--optim-problems", "approximation",
+                "--optim-budget", "900", "--optim-lrs", "0.01", "--quiet", "--output", str(out)], timeout=240)
+    text = (tmp_path / "optim.md").read_text()
+    assert "ParaFlow against torch.optim at 900 full-batch gradient evaluations" in text
+    with h5py.File(out, "r") as f:
+        (comparison,) = json.loads(f.attrs["optimizers"])
+    methods = [e["method"] for e in comparison["entries"]]
+    assert [m.split(" ")[0] for m in methods] == ["GD", "ParaFlowS", "ParaFlow", "Adam", "ParaFlowS", "L-BFGS"]
+    for entry in comparison["entries"]:
+        assert math.isfinite(entry["loss"]) and entry["loss"] < comparison["initial"]
+        assert entry["method"].startswith("L-BFGS") or entry["gradients"] <= 900

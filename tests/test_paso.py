@@ -187,16 +187,23 @@ def test_bench_writes_every_group_and_table(tmp_path):
     """``paraflow-hpc bench paso`` with tiny settings: every group in the HDF5 file and the table."""
     out = tmp_path / "bench.h5"
     run_cli(2, ["bench", "paso", "--problems", "logreg", "--optimizers", "adam", "--steps", "12",
-                "--sweep-windows", "4", "--ackley-steps", "8", "--rules-problem", "logreg", "--quiet",
+                "--sweep-windows", "4", "--sweep-steps", "16", "--ackley-steps", "8", "--rules-problem", "logreg",
+                "--quiet",
                 "--output", out], timeout=240)
     with h5py.File(out) as f:
         data = {k: f["data"][k][()] for k in f["data"]}
     assert list(data["group"]) == [0, 1, 2, 2, 3, 3, 3, 3, 3]
+    assert data["steps"][1] == 16 and data["steps"][0] == 12  # the sweep's own T
+    gap = data["ackley_gap"]  # (rules, fractions, (ε, sequential steps, PASO iterations))
+    assert gap.shape == (2, 4, 3)
+    reached = ~np.isnan(gap[:, :, 2])
+    assert reached.any() and np.all(gap[:, :, 2][reached] <= data["iterations"][2:4, None].repeat(4, 1)[reached])
     assert np.allclose(data["step_reduction"], data["steps"] / data["iterations"])
     assert np.all(data["iterations"] >= np.ceil(data["steps"] / data["window"]))
     assert np.all(data["cost_ratio_m"] >= 1)  # every accepted step needed at least one gradient
     assert np.all(np.isnan(data["seq_test_accuracy"][2:4]))  # Ackley has no test set
     assert data["trajectory_msd"][-1] < 1e-8  # fixed δ = 1e-12
     text = (tmp_path / "bench.md").read_text()
-    for title in ("Sequential torch.optim vs PASO", "Window-size sweep", "Ackley", "Tolerance rules"):
+    for title in ("Sequential torch.optim vs PASO", "Window-size sweep", "Ackley", "Iterations to the same gap",
+                  "Tolerance rules"):
         assert title in text

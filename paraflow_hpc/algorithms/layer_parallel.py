@@ -8,16 +8,23 @@ exact ones: a forward chain down the ranks, then a backward chain up. It is seri
 with backprop, pipelined over the ranks without overlap; on one rank it *is* Alg. 3. It
 serves as the serial baseline, the coarse global prediction, and the exactness check.
 
-``regression`` (Alg. 4 with P sub-systems, Remark 1), all ranks at once in iteration k:
-  1. forward solve from X_{s_r} (rank 0: the mini-batch; rank r > 0: the state rank r-1
-     sent at the end of iteration k-1, so rank r works on mini-batch max(k - r, 0));
+``regression`` (Alg. 4 with P sub-systems, Remark 1), all ranks at once in iteration k.
+Rank 0 (the paper's Processor A) runs backward -> update -> forward: backward solve from the
+regressed co-state at the state of its previous forward solve, update, then the forward solve
+of the next mini-batch with the new weights. Every other rank (Processor B) runs:
+  1. forward solve from X_{s_r}, the state rank r-1 sent at the end of iteration k-1 (so ranks
+     0 and 1 work on the same mini-batch at the same weights, rank r > 1 on mini-batch
+     max(k - r + 1, 0): its input state is one iteration old);
   2. right-boundary co-state: the loss gradient on the last rank; elsewhere
      P_hat = A X_{s_{r+1}} + B, ridge least squares on a sliding window of observed
      (state, co-state) pairs at that boundary (eq. (6); per sample, by Lemma 2.1);
-  3. backward solve and SGD update (Lemma 2.2);
-  4. synchronisation: X_{s_{r+1}} goes right, the exact co-state P_{s_r} of the received
-     state goes left (non-blocking, posted as soon as each is known); the co-state that
-     arrives from the right is paired with the state sent one iteration earlier.
+  3. backward solve and SGD update (Lemma 2.2).
+Then the synchronisation: X_{s_{r+1}} goes right, the exact co-state P_{s_r} of the received
+state goes left (non-blocking, posted as soon as each is known); the co-state that arrives
+from the right is paired with the state this rank sent last. On two ranks this is the
+paper's schedule exactly: only the co-state at s_1 is inexact. Ranks r > 0 cannot run
+backward -> update -> forward as well without serialising: their next input state would be
+rank r-1's forward solve of the same iteration.
 
 Global prediction (multilevel variant): H iterations of the exact coupling on the coarse
 model (half the layers) give the initial weights (prolonged), the boundary states for
@@ -43,6 +50,7 @@ from ..problems.resnet import LAYER_PARAMS, ResNetSpec, Subnetwork, head_output,
 
 TAG_STATE, TAG_COSTATE, TAG_EVAL = 31, 32, 33
 COUPLINGS = ("regression", "exact")
+FEATURES = ("affine", "quadratic")  # regressors of the co-state model
 COMPUTE_TIMERS = ("forward", "loss", "regression", "backward", "update")  # the rest: waiting, I/O, setup
 
 
@@ -107,11 +115,18 @@ class CostateRegression:
     a single affine map averages away. Every rank knows the labels of the batch it works on.
     A label absent from the window falls back to the map fitted on all pairs.
 
+    ``features = "quadratic"`` adds the products X_i X_j (i <= j) to the regressors (a second-order
+    model of the co-state map; (dim + 1)(dim + 2)/2 coefficients per output and label); its
+    predictions are scaled back to at most the largest per-sample co-state norm in the window, so
+    that the model cannot run away where it extrapolates.
+
     Each batch's normal equations (per label) are formed once when it is added; a fit sums the
     window's and solves all labels at once, so its cost does not grow with the window's rows."""
 
-    def __init__(self, window: int, ridge: float, n_classes: int = 1):
-        self.window, self.ridge, self.n_classes = window, ridge, n_classes
+    def __init__(self, window: int, ridge: float, n_classes: int = 1, features: str = "affine"):
+        if features not in FEATURES:
+            raise ValueError(f"unknown features {features!r}; choose one of: {', '.join(FEATURES)}")
+        self.window, self.ridge, self.n_classes, self.features = window, ridge, n_classes, features
         self.xs: list[torch.Tensor] = []
         self.ps: list[torch.Tensor] = []
         self.ys: list[torch.Tensor] = []
@@ -123,10 +138,18 @@ class CostateRegression:
             return torch.zeros(len(X), dtype=torch.int64, device=X.device)
         return labels
 
+    def _phi(self, X) -> torch.Tensor:
+        """Regressors of each row: X (and with ``quadratic`` features the products X_i X_j, i <= j), then 1."""
+        parts = [X]
+        if self.features == "quadratic":
+            i, j = torch.triu_indices(X.shape[1], X.shape[1], device=X.device)
+            parts.append(X[:, i] * X[:, j])
+        return torch.cat([*parts, torch.ones_like(X[:, :1])], dim=1)
+
     def add(self, X, P, labels=None) -> None:
         X, P = X.detach().clone(), P.detach().clone()
         y = self._labels(X, labels).clone()
-        phi = torch.cat([X, torch.ones_like(X[:, :1])], dim=1)
+        phi = self._phi(X)
         onehot = torch.nn.functional.one_hot(y, self.n_classes).to(X.dtype)
         phi_t = onehot.T[:, None, :] * phi.T  # (labels, dim + 1, rows): each label's rows only
         self._normal.append((phi_t @ phi, phi_t @ P))
@@ -136,7 +159,7 @@ class CostateRegression:
         self.coef = None
 
     def fit(self) -> torch.Tensor:
-        """Coefficients [A^T; B] per label, shape (n_classes, dim + 1, dim)."""
+        """Coefficients [A^T; B] per label, shape (n_classes, features + 1, dim)."""
         gram = torch.stack([g for g, _ in self._normal]).sum(dim=0)
         rhs = torch.stack([c for _, c in self._normal]).sum(dim=0)
         gram = torch.cat([gram, gram.sum(dim=0, keepdim=True)])  # the last system pools all labels
@@ -159,8 +182,13 @@ class CostateRegression:
         if not self.xs:
             return torch.zeros_like(X)
         coef = self.coef if self.coef is not None else self.fit()
-        every_label = X @ coef[:, :-1] + coef[:, -1:]  # (labels, rows, dim)
-        return every_label[self._labels(X, labels), torch.arange(len(X), device=X.device)]
+        every_label = self._phi(X) @ coef  # (labels, rows, dim)
+        P = every_label[self._labels(X, labels), torch.arange(len(X), device=X.device)]
+        if self.features == "affine":
+            return P
+        # a higher-order model can run away off the window's data: no row larger than the largest observed
+        largest = max(float(p.norm(dim=1).max()) for p in self.ps)
+        return P * (largest / P.norm(dim=1, keepdim=True).clamp_min(largest)).clamp(max=1.0)
 
     def arrays(self) -> dict[str, np.ndarray]:
         stack = (lambda ts: torch.stack(ts).cpu().numpy()) if self.xs else (lambda ts: np.zeros((0,)))
@@ -172,9 +200,11 @@ class CostateRegression:
             self.add(torch.from_numpy(x).to(device), torch.from_numpy(p).to(device), torch.from_numpy(y).to(device))
 
 
-def costate_regression(spec: ResNetSpec, window: int, ridge: float, by_class: bool) -> CostateRegression:
+def costate_regression(spec: ResNetSpec, window: int, ridge: float, by_class: bool,
+                       features: str = "affine") -> CostateRegression:
     """The regression of a run: one map per class label only where there are labels (classification)."""
-    return CostateRegression(window, ridge, spec.out_dim if by_class and spec.loss == "cross_entropy" else 1)
+    return CostateRegression(window, ridge, spec.out_dim if by_class and spec.loss == "cross_entropy" else 1,
+                             features)
 
 
 @dataclass
@@ -190,7 +220,8 @@ class LayerParallelState:
     y_prev_out: torch.Tensor | None = None   # labels of the samples in x_prev_out
     train_seconds: float = 0.0               # this rank's training time so far (evaluation excluded)
     local: dict = field(default_factory=lambda: {"loss": [], "accuracy": [], "regression_mse": [],
-                                                 "regression_rel": [], "compute_seconds": [], "wait_seconds": []})
+                                                 "regression_rel": [], "gradient_cosine": [], "compute_seconds": [],
+                                                 "wait_seconds": []})
     evals: dict = field(default_factory=lambda: {"iteration": [], "seconds": [], "train_accuracy": [],
                                                  "train_loss": [], "test_accuracy": []})
 
@@ -285,11 +316,11 @@ def forward_chain(comm, net: Subnetwork, inp, msg: _Messenger, batch: int, tag=T
     return x_in, x_out
 
 
-def exact_iteration(comm, net: Subnetwork, x, y, lr: float, weight_decay: float, msg: _Messenger,
-                    regression: CostateRegression | None = None):
-    """One SGD step of the whole network, distributed: forward chain, then exact co-states back up
-    (Alg. 3). Records the exact (state, co-state) pair at the right boundary in ``regression``.
-    Returns (loss, correct) on the last rank, (nan, 0) elsewhere."""
+def exact_gradients(comm, net: Subnetwork, x, y, msg: _Messenger):
+    """Forward chain, then exact co-states back up (Alg. 3 without the update): this rank's block
+    gradients of the mini-batch loss at the current weights of all ranks.
+    Returns (loss, correct, gradients, X_{s_{r+1}}, per-sample co-state there); loss and correct
+    are (nan, 0) except on the last rank."""
     m = len(y)
     _, x_out = forward_chain(comm, net, x, msg, m)
     loss, correct, grads = float("nan"), 0, {}
@@ -303,39 +334,74 @@ def exact_iteration(comm, net: Subnetwork, x, y, lr: float, weight_decay: float,
     grads.update(layer_grads)
     if not msg.first:
         msg.send(p_in * m, comm.rank - 1, TAG_COSTATE)
+    return loss, correct, grads, x_out, p_out * m
+
+
+def exact_iteration(comm, net: Subnetwork, x, y, lr: float, weight_decay: float, msg: _Messenger,
+                    regression: CostateRegression | None = None):
+    """One SGD step of the whole network, distributed: forward chain, then exact co-states back up
+    (Alg. 3). Records the exact (state, co-state) pair at the right boundary in ``regression``.
+    Returns (loss, correct) on the last rank, (nan, 0) elsewhere."""
+    loss, correct, grads, x_out, p_out = exact_gradients(comm, net, x, y, msg)
     with msg.timers(msg.prefix + "update"):
         net.sgd_step(grads, lr, weight_decay)
     if regression is not None and not msg.last:
-        regression.add(x_out, p_out * m, y)
+        regression.add(x_out, p_out, y)
     return loss, correct
 
 
+def batch_lag(rank: int) -> int:
+    """How many mini-batches rank r works behind rank 0 in the regression coupling: ranks 0 and 1
+    work on the same one (the paper's two-processor schedule); rank r > 1 forwards the state that
+    rank r - 1 computed one iteration earlier, so it is one more behind."""
+    return max(rank - 1, 0)
+
+
 def regression_iteration(comm, state: LayerParallelState, x, y, lr: float, weight_decay: float,
-                         msg: _Messenger) -> None:
-    """Alg. 4 local correction on all ranks at once; ends with the synchronisation."""
+                         msg: _Messenger, x_next=None, y_next=None) -> dict:
+    """Alg. 4 local correction on all ranks at once; ends with the synchronisation. Returns the
+    gradients applied (of the loss, without weight decay).
+
+    Rank 0 of several is the paper's Processor A: backward solve from the regressed co-state at the
+    state of its last forward solve (mini-batch k at the current weights), update, then the forward
+    solve of the next mini-batch (``x_next``, ``y_next``) with the updated weights; that state goes
+    right. Every other rank is Processor B: forward solve from the state received at the last
+    synchronisation, co-state (the loss gradient on the last rank, else the regression), backward
+    solve, update. On two ranks both work on the same mini-batch at the same weights and only the
+    co-state at s_1 is inexact; the forward solves of rank 0 and of the others still overlap."""
     net, rank = state.net, comm.rank
+    lead = msg.first and not msg.last
     m = len(y)
-    requests, keep_alive = [], []
-    with msg.timers("forward"):
-        x_out = net.forward(x if msg.first else state.x_in)
-    if not msg.last:
-        req, buf = msg.isend(x_out, rank + 1, TAG_STATE)  # in flight during the backward solve
-        requests.append(req), keep_alive.append(buf)
-        req, p_recv = msg.irecv(x_out.shape, rank + 1, TAG_COSTATE)
-        requests.append(req)
-    if not msg.first:
-        req, x_recv = msg.irecv(state.x_in.shape, rank - 1, TAG_STATE)
-        requests.append(req)
-    grads = {}
-    if msg.last:
-        with msg.timers("loss"):
-            loss, p_out, grads, correct = net.loss_costate(y)
-        state.local["loss"].append(loss)
-        state.local["accuracy"].append(correct / m)
+    requests, keep_alive, grads = [], [], {}
+    if lead:
+        if net.has_graph:  # the forward solve at the end of the last iteration (or the pipeline fill)
+            p_hat = state.p_hat_prev
+        else:  # iteration 0 after a coarse prediction, or after a restart: same weights, same batch
+            with msg.timers("forward"):
+                net.forward(x)
+            with msg.timers("regression"):
+                p_hat = state.regression.predict(net.state_out, y)
     else:
-        with msg.timers("regression"):
-            p_hat = state.regression.predict(x_out, y)
-        p_out = p_hat / m
+        with msg.timers("forward"):
+            x_out = net.forward(x if msg.first else state.x_in)
+        if not msg.last:
+            req, buf = msg.isend(x_out, rank + 1, TAG_STATE)  # in flight during the backward solve
+            requests.append(req), keep_alive.append(buf)
+            req, p_recv = msg.irecv(x_out.shape, rank + 1, TAG_COSTATE)
+            requests.append(req)
+        if not msg.first:
+            req, x_recv = msg.irecv(state.x_in.shape, rank - 1, TAG_STATE)
+            requests.append(req)
+        if msg.last:
+            with msg.timers("loss"):
+                loss, p_out, grads, correct = net.loss_costate(y)
+            state.local["loss"].append(loss)
+            state.local["accuracy"].append(correct / m)
+        else:
+            with msg.timers("regression"):
+                p_hat = state.regression.predict(x_out, y)
+    if not msg.last:
+        p_out = p_hat / m  # the regression is per sample; the loss is the batch mean
     with msg.timers("backward"):
         p_in, layer_grads = net.backward(p_out)
     grads.update(layer_grads)
@@ -344,18 +410,49 @@ def regression_iteration(comm, state: LayerParallelState, x, y, lr: float, weigh
         requests.append(req), keep_alive.append(buf)
     with msg.timers("update"):
         net.sgd_step(grads, lr, weight_decay)
+    if lead:
+        with msg.timers("forward"):
+            x_out = net.forward(x_next)
+        req, buf = msg.isend(x_out, rank + 1, TAG_STATE)
+        requests.append(req), keep_alive.append(buf)
+        req, p_recv = msg.irecv(x_out.shape, rank + 1, TAG_COSTATE)
+        requests.append(req)
     with msg.timers("wait"):
         MPI.Request.Waitall(requests)
     if not msg.first:
         state.x_in = msg.to_tensor(x_recv)
     if not msg.last:
-        p_true = msg.to_tensor(p_recv)  # exact co-state at the state this rank sent one iteration ago
+        p_true = msg.to_tensor(p_recv)  # exact co-state at the state this rank sent last
         with msg.timers("regression"):
             err = state.p_hat_prev - p_true
             state.local["regression_mse"].append(float((err ** 2).mean()))
             state.local["regression_rel"].append(float(err.norm() / p_true.norm().clamp_min(1e-300)))
             state.regression.add(state.x_prev_out, p_true, state.y_prev_out)
+            if lead:  # the co-state the next backward solve starts from, with this pair in the fit
+                y, p_hat = y_next, state.regression.predict(x_out, y_next)
         state.x_prev_out, state.p_hat_prev, state.y_prev_out = x_out, p_hat, y
+    return grads
+
+
+def true_gradients(comm, net: Subnetwork, batches: list, msg: _Messenger) -> dict:
+    """Diagnosis: the exact gradient of each rank's block on the mini-batch it works on, at the
+    current weights of all ranks. ``batches[j]``: (x, y) of rank j. One exact forward/backward chain
+    per rank on a copy of the block (the iteration's own forward solve is left alone): P times the
+    cost of an exact iteration."""
+    probe = Subnetwork(net.spec, net.params, net.start, net.stop)
+    mine = None
+    for j, (x, y) in enumerate(batches):
+        grads = exact_gradients(comm, probe, x, y, msg)[2]
+        if j == comm.rank:
+            mine = grads
+    return mine
+
+
+def gradient_cosine(applied: dict, true: dict) -> float:
+    """cos(angle) between two gradients of the same block (dicts of tensors), taken as one vector."""
+    dot = sum(float((applied[n] * true[n]).sum()) for n in true)
+    norms = [sum(float((g[n] ** 2).sum()) for n in true) ** 0.5 for g in (applied, true)]
+    return dot / max(norms[0] * norms[1], 1e-300)
 
 
 def evaluate(comm, net: Subnetwork, x, y, msg: _Messenger) -> tuple[float, float]:
@@ -370,15 +467,17 @@ def evaluate(comm, net: Subnetwork, x, y, msg: _Messenger) -> tuple[float, float
 
 def _gather_history(comm, state: LayerParallelState) -> dict:
     """Per-iteration series, identical on all ranks: loss/accuracy from the last rank, every rank's
-    compute and wait seconds (column r from rank r), the regression error at each boundary
-    s_1 .. s_{P-1} (column r from rank r)."""
+    compute and wait seconds and (regression coupling, where diagnosed; nan elsewhere) the cosine
+    between its applied and its true gradient (column r from rank r), the regression error at each
+    boundary s_1 .. s_{P-1} (column r from rank r)."""
     last = comm.size - 1
     loss, acc = comm.bcast((state.local["loss"], state.local["accuracy"]) if comm.rank == last else None, root=last)
     mse = comm.allgather(state.local["regression_mse"])[:last]
     rel = comm.allgather(state.local["regression_rel"])[:last]
     history = {"loss": np.array(loss, dtype=float), "accuracy": np.array(acc, dtype=float)}
-    for name in ("compute_seconds", "wait_seconds"):  # (iterations, ranks)
-        history[name] = np.array(comm.allgather(state.local[name]), dtype=float).T
+    for name in ("compute_seconds", "wait_seconds", "gradient_cosine"):  # (iterations, ranks)
+        if len(state.local[name]) or name != "gradient_cosine":
+            history[name] = np.array(comm.allgather(state.local[name]), dtype=float).T
     if last and len(mse[0]):
         history["regression_mse"] = np.array(mse, dtype=float).T
         history["regression_rel_error"] = np.array(rel, dtype=float).T
@@ -387,8 +486,9 @@ def _gather_history(comm, state: LayerParallelState) -> dict:
 
 def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, lr: float, batch_size: int,
           seed: int, coupling: str = "regression", coarse_iterations: int = 0, coarse_lr: float | None = None,
-          window: int = 20, ridge: float = 1e-6, by_class: bool = True, weight_decay: float = 0.0,
-          eval_every: int = 10,
+          window: int = 20, ridge: float = 1e-6, by_class: bool = True, features: str = "affine",
+          weight_decay: float = 0.0,
+          eval_every: int = 10, diagnose_every: int = 0,
           resume: LayerParallelState | None = None,
           after_iteration: Callable[[LayerParallelState], bool] | None = None,
           progress: Callable[[str], None] | None = None) -> LayerParallelResult:
@@ -398,7 +498,11 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
     ``data``: tensors x_train, y_train, x_test, y_test on the rank's device. ``coarse_iterations``
     H > 0 turns on the global prediction (regression coupling only). Full-data accuracy is
     evaluated every ``eval_every`` iterations, outside the timed training. ``by_class``: one affine
-    co-state map per class label (classification only; see :class:`CostateRegression`).
+    co-state map per class label (classification only; see :class:`CostateRegression`); ``features``:
+    its regressors, ``affine`` (eq. (6)) or ``quadratic``.
+    ``diagnose_every`` n > 0 (regression coupling): every n-th iteration also computes each rank's
+    exact gradient on its mini-batch at the current weights (:func:`true_gradients`, not timed) and
+    records its cosine with the applied gradient in ``history["gradient_cosine"]`` (nan elsewhere).
     ``after_iteration(state)`` is called collectively after every iteration but the last; True stops
     the run there (preemption) with ``interrupted`` set.
 
@@ -427,6 +531,7 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
     msg = _Messenger(comm, params["K"].dtype, device, timers)
     # evaluations time and count apart (eval_forward, eval_wait), so the training's categories hold training only
     eval_msg = _Messenger(comm, params["K"].dtype, device, timers, prefix="eval_")
+    probe_msg = _Messenger(comm, params["K"].dtype, device, timers, prefix="diagnose_")
     x_train, y_train = data["x_train"], data["y_train"]
     batches = BatchStream(len(y_train), batch_size, seed, stream=0)
     m = batch_size
@@ -454,14 +559,15 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
                      f"test accuracy {test_acc:.4f}, {seconds:.2f} s")
 
     def train_seconds():
-        return time_offset + timers.elapsed() - timers.seconds.get("eval", 0.0) - timers.seconds.get("checkpoint", 0.0)
+        untimed = ("eval", "checkpoint", "diagnose")
+        return time_offset + timers.elapsed() - sum(timers.seconds.get(n, 0.0) for n in untimed)
 
     if resume is not None:
         state = resume
         time_offset = state.train_seconds
     else:
         time_offset = 0.0
-        regression = costate_regression(spec, window, ridge, by_class)
+        regression = costate_regression(spec, window, ridge, by_class, features)
         idx0 = batches.indices(0)
         if coarse:
             state = _global_prediction(comm, spec, params, start, stop, data, regression, coarse_iterations,
@@ -489,8 +595,18 @@ def train(comm, spec: ResNetSpec, params: dict, data: dict, *, iterations: int, 
                 state.local["loss"].append(loss)
                 state.local["accuracy"].append(correct / m)
         else:
-            idx = batches.indices(max(state.k - comm.rank, 0))  # pipeline: the batch that reached this rank
-            regression_iteration(comm, state, x_train[idx], y_train[idx], lr, weight_decay, msg)
+            def batch(rank, ahead=0):  # pipeline: the mini-batch that reached ``rank``
+                return batches.indices(max(state.k + ahead - batch_lag(rank), 0))
+
+            true = None
+            if diagnose_every and state.k % diagnose_every == 0:
+                with timers("diagnose"):
+                    each_rank = [(x_train[i], y_train[i]) for i in map(batch, range(comm.size))]
+                    true = true_gradients(comm, state.net, each_rank, probe_msg)
+            idx, nxt = batch(comm.rank), batch(comm.rank, ahead=1)
+            applied = regression_iteration(comm, state, x_train[idx], y_train[idx], lr, weight_decay, msg,
+                                           x_train[nxt], y_train[nxt])
+            state.local["gradient_cosine"].append(gradient_cosine(applied, true) if true else float("nan"))
         compute1, wait1 = _compute_and_wait(timers)
         state.local["compute_seconds"].append(compute1 - compute0)
         state.local["wait_seconds"].append(wait1 - wait0)

@@ -1,6 +1,9 @@
 """``paraflow-hpc bench paraflows``: the paper's Tables 1-3 (R = L_ParaFlowS / L_GD at equal budget),
 and ParaFlow (all ranks) vs ParaFlowS vs GD wall-clock to the same loss, in one run.
 
+With ``optim_problems``, also the optimisers a SciML user runs instead (Adam, then L-BFGS, as
+torch.optim) against GD, ParaFlowS and ParaFlow at the same full-batch gradient budget.
+
 The table rows (problem, batch size, eta_F, budget: one GD run and one ParaFlowS run per N_F) are
 independent: they are dealt round-robin to the ranks, largest budget first, and gathered on rank 0.
 The race then runs the three methods one after the other, timed between barriers: ParaFlowS and GD
@@ -18,6 +21,7 @@ from types import SimpleNamespace
 
 import h5py
 import numpy as np
+import torch
 from mpi4py import MPI
 
 from ..algorithms.paraflow import SELECTIONS, baseline, paraflow, paraflows
@@ -58,6 +62,10 @@ class Config(BenchConfig):
     race_eta: float = option(0.01, "eta_F of the race")
     race_n_f: int = option(10, "N_F of the race")
     race_budget: int = option(30000, "the target loss is what full-batch GD reaches with this budget")
+    optim_problems: list[str] = option((), "problems on which to compare with torch.optim Adam and L-BFGS at "
+                                           "equal budget (e.g. approximation,pinn; empty: skip)")
+    optim_budget: int = option(30000, "full-batch gradient budget (per-sample evaluations) of that comparison")
+    optim_lrs: list[float] = option((1e-3, 1e-2), "Adam learning rates tried")
 
     def default_output(self) -> str:
         return os.path.join("results", "bench-paraflows.h5")
@@ -82,7 +90,12 @@ class Config(BenchConfig):
         require(all(b > 0 for b in [*self.budgets, self.race_budget]), "budgets must be > 0")
         require(all(n >= 1 for n in [*self.n_fs, self.race_n_f]), f"n_fs = {self.n_fs}: every N_F must be >= 1")
         require(self.n_g >= 0, f"n_g = {self.n_g}: must be >= 0")
-        require(self.grid or self.race, "grid = race = false leaves nothing to run; set one of them to true")
+        for name in self.optim_problems:
+            require(name in PROBLEMS, f"optim_problems: {name!r} is unknown; choose from {', '.join(sorted(PROBLEMS))}")
+        require(self.optim_budget > 0, f"optim_budget = {self.optim_budget}: must be > 0")
+        require(all(lr > 0 for lr in self.optim_lrs), f"optim_lrs = {self.optim_lrs}: every rate must be > 0")
+        require(self.grid or self.race or bool(self.optim_problems),
+                "grid = race = false and no optim_problems leaves nothing to run; set one of them")
 
 
 def make_problem(cfg: Config, name: str, check: bool = False):
@@ -273,6 +286,88 @@ def run_race(cfg: Config, comm, progress) -> dict:
             "gd_budget": cfg.race_budget, "entries": entries}
 
 
+def torch_optimizer(problem, W0, name: str, lr: float, budget: int) -> dict:
+    """Full-batch ``torch.optim`` Adam or L-BFGS (strong-Wolfe line search, lr 1) from W0 until the
+    next gradient would exceed ``budget`` per-sample gradient evaluations (an L-BFGS line search
+    started within the budget finishes). Returns the final full loss, steps and gradients used."""
+    W = W0.clone().requires_grad_(True)
+    opt = (torch.optim.Adam([W], lr=lr) if name == "adam"
+           else torch.optim.LBFGS([W], lr=lr, max_iter=1, history_size=20, line_search_fn="strong_wolfe"))
+    start, n, steps = problem.gradient_evaluations, problem.n_samples, 0
+
+    def closure():
+        value, gradient = problem.value_and_grad(W)
+        W.grad = gradient
+        return value
+
+    while problem.gradient_evaluations - start + n <= budget:
+        opt.step(closure)
+        steps += 1
+    return {"loss": problem.loss(W.detach()), "steps": steps, "gradients": problem.gradient_evaluations - start}
+
+
+def run_optimizers(cfg: Config, comm, name: str, progress) -> dict:
+    """Final full-batch loss at ``optim_budget`` gradients: GD, ParaFlowS (N_G = n_g), Adam and
+    ParaFlowS with F = Adam per rate, L-BFGS on rank 0, and ParaFlow on all ranks (its budget counts
+    every rank's gradients)."""
+    problem = make_problem(name)
+    W0 = problem.initial_weights(cfg.seed)
+    schedule = BatchSchedule(problem.n_samples, problem.n_samples, cfg.seed)
+    fine = Fine(problem, schedule, cfg.race_n_f, cfg.race_eta)
+    coarse = Coarse(problem, cfg.race_n_f * cfg.race_eta)
+    budget, entries = cfg.optim_budget, []
+
+    def timed(method, ranks, run):
+        comm.Barrier()
+        t0 = MPI.Wtime()
+        result = run() if comm.rank < ranks else None
+        comm.Barrier()
+        entry = comm.bcast(result, root=0)
+        entry.update(method=method, ranks=ranks, seconds=MPI.Wtime() - t0)
+        entries.append(entry)
+        progress(f"{name}, budget {budget}: {method}: L = {entry['loss']:.6e}, {entry['gradients']} gradients, "
+                 f"{entry['seconds']:.2f} s")
+
+    def flow(result):
+        return {"loss": result.loss, "steps": result.iterations, "gradients": result.budget_used}
+
+    timed(f"GD (eta {cfg.race_eta:g})", 1,
+          lambda: flow(baseline(problem, Fine(problem, schedule, 1, cfg.race_eta), W0, budget=budget)))
+    timed(f"ParaFlowS (N_F = {cfg.race_n_f}, N_G = {cfg.n_g}, {cfg.selection})", 1,
+          lambda: flow(paraflows(problem, fine, coarse, W0, n_g=cfg.n_g, selection=cfg.selection, budget=budget)))
+    comm.Barrier()
+    t0 = MPI.Wtime()
+    par = paraflow(comm, problem, fine, coarse, W0, n_intervals=comm.size, init="coarse", budget=budget)
+    comm.Barrier()
+    entries.append({**flow(par), "method": f"ParaFlow (N_F = {cfg.race_n_f}, N_G = {comm.size}, init a)",
+                    "ranks": comm.size, "seconds": MPI.Wtime() - t0})
+    for lr in cfg.optim_lrs:
+        timed(f"Adam (lr {lr:g})", 1, lambda: torch_optimizer(problem, W0, "adam", lr, budget))
+        adam_fine = Fine(problem, schedule, cfg.race_n_f, lr, "adam")  # F = N_F Adam steps, state fresh per F
+        timed(f"ParaFlowS with F = Adam (lr {lr:g}, N_F = {cfg.race_n_f}, N_G = {cfg.n_g}, {cfg.selection})", 1,
+              lambda: flow(paraflows(problem, adam_fine, Coarse(problem, cfg.race_n_f * lr), W0, n_g=cfg.n_g,
+                                     selection=cfg.selection, budget=budget)))
+    timed("L-BFGS (strong Wolfe)", 1, lambda: torch_optimizer(problem, W0, "lbfgs", 1.0, budget))
+    return {"problem": name, "budget": budget, "initial": problem.loss(W0), "entries": entries}
+
+
+def optimizer_markdown(comparisons: list[dict]) -> str:
+    lines = []
+    for c in comparisons:
+        best = min(e["loss"] for e in c["entries"])
+        lines += [f"## {c['problem']}: ParaFlow against torch.optim at {c['budget']} full-batch gradient "
+                  f"evaluations (L_0 = {c['initial']:.6e})", "",
+                  "Baseline: GD with the same step; lower L is better; ratio = L / L_GD.", "",
+                  "| method | ranks | steps / windows | gradients (all ranks) | final L | L / L_GD | best? | seconds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        gd = c["entries"][0]["loss"]
+        for e in c["entries"]:
+            lines.append(f"| {e['method']} | {e['ranks']} | {e['steps']} | {e['gradients']} | {e['loss']:.6e} | "
+                         f"{e['loss'] / gd:.3g} | {'best' if e['loss'] == best else ''} | {e['seconds']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
     tables = paper_tables()
@@ -297,14 +392,21 @@ def main(cfg: Config, comm) -> int:
     if cfg.race:
         with timers("race"):
             race = run_race(cfg, comm, progress)
+    comparisons = []
+    with timers("optimizers"):
+        for name in cfg.optim_problems:
+            comparisons.append(run_optimizers(cfg, comm, name, progress))
     text = markdown(cfg, results, tables, race, f"{comm.size} MPI ranks")
+    if comparisons:
+        text += "\n" + optimizer_markdown(comparisons)
     data = {"budget": np.array([r["budget"] for r in results]), "eta": np.array([r["eta"] for r in results]),
             "loss_gd": np.array([r["gd"] for r in results]), "initial_loss": np.array([r["initial"] for r in results]),
             "loss_paraflows": np.array([r["loss"] for r in results]).reshape(len(results), len(cfg.n_fs)),
             "ratio": np.array([r["R"] for r in results]).reshape(len(results), len(cfg.n_fs)),
             "n_f": np.array(cfg.n_fs)}
     attrs = {"rows": json.dumps([[r["problem"], r["batch"], r["eta"], r["budget"]] for r in results]),
-             "paper_source": tables["source"], "race": json.dumps(race) if race else ""}
+             "paper_source": tables["source"], "race": json.dumps(race) if race else "",
+             "optimizers": json.dumps(comparisons)}
     write_result(comm, cfg.output, method="bench-paraflows", config=cfg.as_dict(), timings=timers.as_dict(),
                  counters={"table_rows": len(mine)}, data=data, attrs=attrs)
     table_path = cfg.write_table(comm, text)

@@ -11,7 +11,8 @@ seconds per gradient inside the vmap'ed window, both averaged over the ranks).
 A sweep over window sizes p follows (the paper's Table 4 / Fig. 7 analogue), then the
 PASO review-response case: Ackley's function, d = 10⁴, Adam lr 1e-3, T = 1000, p = 8 when
 run on 2 ranks (the published numbers: Adam 1000 steps, PASO 86 iterations), and one hard
-case (CNN / SGD) under other tolerance rules: slower EMA, mean, fixed absolute δ.
+case (CNN / SGD) under other tolerance rules: slower EMA, mean, fixed absolute δ. For Ackley
+also the iterations "to the same gap" (see :func:`gap_counts`).
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ class Config(BenchConfig):
     sweep_windows: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32],
                                      metadata={"help": "window sizes p of the sweep (empty: no sweep)",
                                                "choices": None})
+    sweep_steps: int = option(0, "steps T of the sweep (0: steps); windows of 64-256 need T in the thousands")
     rules_problem: str = option("cnn", "model of the tolerance-rule comparison (empty: skip it)",
                                 choices=["", *PROBLEMS])
     rules_optimizer: str = option("sgd", "optimizer of the tolerance-rule comparison", choices=list(OPTIMIZERS))
@@ -83,6 +85,7 @@ class Config(BenchConfig):
         for name in self.optimizers:
             require(name in OPTIMIZERS, f"optimizers: {name!r} is unknown; choose from {', '.join(OPTIMIZERS)}")
         require(self.steps >= 1, f"steps = {self.steps}: must be >= 1")
+        require(self.sweep_steps >= 0, f"sweep_steps = {self.sweep_steps}: must be >= 0 (0: steps)")
         require(self.per_rank >= 1, f"per_rank = {self.per_rank}: must be >= 1")
         require(all(p >= 1 for p in self.sweep_windows), f"sweep_windows = {self.sweep_windows}: each p must be >= 1")
         require(self.ackley_steps >= 0, f"ackley_steps = {self.ackley_steps}: must be >= 0 (0 skips the case)")
@@ -105,8 +108,8 @@ class Config(BenchConfig):
         return load_problem(name, "training", seed=self.seed, batch=self.batch, device=str(device))
 
 
-def training_optimizer(cfg: Config, optimizer: str) -> OptimizerSpec:
-    return OptimizerSpec(optimizer, LEARNING_RATES[optimizer], cfg.steps,
+def training_optimizer(cfg: Config, optimizer: str, steps: int = 0) -> OptimizerSpec:
+    return OptimizerSpec(optimizer, LEARNING_RATES[optimizer], steps or cfg.steps,
                          weight_decay=0.01 if optimizer == "adamw" else 0.0)
 
 
@@ -120,7 +123,7 @@ def run_case(comm, cfg: Config, problem_name: str, opt: OptimizerSpec, window: i
     problem = cfg.load_problem(torch_device(comm, cfg.device), problem_name)
     w0 = problem.initial_weights()
     warm_up(problem, opt, w0)
-    w_seq, _, trajectory, seq_seconds = run_reference(comm, problem, opt, w0, steps, keep_trajectory=True)
+    w_seq, seq_losses, trajectory, seq_seconds = run_reference(comm, problem, opt, w0, steps, keep_trajectory=True)
     comparison = TrajectoryComparison(trajectory)
 
     comm.Barrier()
@@ -146,11 +149,46 @@ def run_case(comm, cfg: Config, problem_name: str, opt: OptimizerSpec, window: i
         "seq_seconds": seq_seconds, "paso_seconds": paso_seconds, "speedup": seq_seconds / paso_seconds,
         "alpha": alpha, "model_speedup": comm.size / (m * (1 + alpha * comm.size / window)),
         "timings": result.timings,
+        "gap": gap_counts(np.append(seq_losses, seq_eval["train_loss"]),
+                          np.append(result.state.losses, paso_eval["train_loss"]), np.asarray(result.state.strides)),
     }
     progress(f"{problem_name}/{optimizer} p = {window}, {rule(row)}: K = {k} (T/K = {row['step_reduction']:.2f}, m = {m:.2f}), "
              f"speed-up {row['speedup']:.2f} (App. C model {row['model_speedup']:.2f}, α = {alpha:.3f}), "
              f"test accuracy {seq_eval['test_accuracy']:.4f} -> {paso_eval['test_accuracy']:.4f}")
     return row
+
+
+GAP_FRACTIONS = (1e-2, 1e-3, 1e-4, 1e-5)
+
+
+def gap_counts(seq_losses: np.ndarray, paso_losses: np.ndarray, strides: np.ndarray) -> np.ndarray:
+    """Iterations "to the same gap" (the counting of the PASO paper's Ackley answer, read literally).
+    ``seq_losses``, ``paso_losses``: f(w_t) for t = 0 .. T of each run; ``strides``: PASO's window
+    advance per iteration. For each ε in GAP_FRACTIONS the threshold f_T + ε (f_0 - f_T), f_T the
+    sequential run's final loss; row (ε, first sequential step s with f(w_s) at or below it, first
+    PASO iteration after which its window's exact left end t has reached a step at or below it).
+    Meaningful for deterministic losses (Ackley); shape (len(GAP_FRACTIONS), 3), nan where never reached."""
+    left_end = np.cumsum(strides)  # the exact left end t after each iteration
+    f_final = seq_losses[-1]
+    rows = []
+    for eps in GAP_FRACTIONS:
+        threshold = f_final + eps * (seq_losses[0] - f_final)
+        below_seq, below_paso = np.nonzero(seq_losses <= threshold)[0], np.nonzero(paso_losses <= threshold)[0]
+        step = float(below_seq[0]) if len(below_seq) else np.nan
+        k = float(np.argmax(left_end >= below_paso[0]) + 1) if len(below_paso) else np.nan
+        rows.append((eps, step, k))
+    return np.array(rows)
+
+
+def gap_markdown(rows: list[dict]) -> str:
+    lines = ["Iterations to the same gap: the first sequential step and the first PASO iteration at which "
+             "f(w_t) <= f_T + ε (f_0 − f_T), f_T = f after all T sequential steps.\n",
+             "| δ rule | ε | sequential steps to it | PASO iterations to it | steps / iterations |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        for eps, step, k in r["gap"]:
+            lines.append(f"| {rule(r)} | {eps:g} | {step:.0f} | {k:.0f} | {step / k:.2f} |")
+    return "\n".join(lines) + "\n\n"
 
 
 def rule(row: dict) -> str:
@@ -160,7 +198,8 @@ def rule(row: dict) -> str:
 
 
 def markdown(rows: list[dict], title: str) -> str:
-    head = (f"{title}\n\n| model | optimizer | n | T | p | δ rule | K | T/K | m | train loss seq / PASO | "
+    head = (f"{title}\n\nBaseline of the speed-up: the same optimizer as torch.optim, run sequentially (every rank "
+            f"runs it; the slowest rank's seconds), same w_0 and batches.\n\n| model | optimizer | n | T | p | δ rule | K | T/K | m | train loss seq / PASO | "
             "test acc seq / PASO | mean ‖Δw_t‖² | seq [s] | PASO [s] | speed-up | α | App. C S |\n|"
             + "---|" * 17 + "\n")
     return head + "".join(
@@ -178,8 +217,8 @@ def main(cfg: Config, comm) -> int:
     progress(f"PASO benchmark on {comm.size} ranks: T = {cfg.steps}, p = {cfg.per_rank} x {comm.size} = {window}")
     rows = [run_case(comm, cfg, problem, training_optimizer(cfg, optimizer), window, progress)
             for problem in cfg.problems for optimizer in cfg.optimizers]
-    sweep = [run_case(comm, cfg, cfg.sweep_problem, training_optimizer(cfg, cfg.sweep_optimizer), p, progress)
-             for p in cfg.sweep_windows]
+    sweep = [run_case(comm, cfg, cfg.sweep_problem, training_optimizer(cfg, cfg.sweep_optimizer, cfg.sweep_steps),
+                      p, progress) for p in cfg.sweep_windows]
     # Ackley / Adam with the configured rule and with the paper's suggested mean, λ = 0.9.
     ackley = [run_case(comm, cfg, "ackley", OptimizerSpec("adam", 1e-3, cfg.ackley_steps), window, progress,
                        *override) for override in ((None, None), ("mean", 0.9))] if cfg.ackley_steps else []
@@ -188,14 +227,15 @@ def main(cfg: Config, comm) -> int:
                       *override) for override in RULES] if cfg.rules_problem else []
 
     everything = rows + sweep + ackley + rules
-    text = ("problem", "optimizer", "adapt", "timings")
+    text = ("problem", "optimizer", "adapt", "timings", "gap")
     numeric = [k for k in everything[0] if k not in text]
     group = [0] * len(rows) + [1] * len(sweep) + [2] * len(ackley) + [3] * len(rules)
     labels = [f"{GROUPS[g]}/{r['problem']}/{r['optimizer']}/p{r['window']}/{r['adapt']}{r['ema_decay']:g}/tol{r['tol']:g}"
               for g, r in zip(group, everything)]
     write_result(comm, cfg.output, method="bench-paso", config=cfg.as_dict(),
                  data={k: np.array([r[k] for r in everything], dtype=float) for k in numeric}
-                 | {"case": np.array(labels, dtype="S"), "group": np.array(group)},
+                 | {"case": np.array(labels, dtype="S"), "group": np.array(group)}
+                 | ({"ackley_gap": np.array([r["gap"] for r in ackley])} if ackley else {}),
                  timings={f"{label}/{k}": v for label, r in zip(labels, everything) for k, v in r["timings"].items()})
     table = markdown(rows, f"### Sequential torch.optim vs PASO, {comm.size} ranks, p = {window}") if rows else ""
     if sweep:
@@ -203,7 +243,7 @@ def main(cfg: Config, comm) -> int:
                                  f"{comm.size} ranks")
     if ackley:
         table += markdown(ackley, f"### Ackley, d = 10⁴, Adam lr 1e-3, T = {cfg.ackley_steps}, {comm.size} ranks "
-                                  "(train loss = f(w_T), no test set)")
+                                  "(train loss = f(w_T), no test set)") + gap_markdown(ackley)
     if rules:
         table += markdown(rules, f"### Tolerance rules: {cfg.rules_problem} / {cfg.rules_optimizer}, {comm.size} ranks")
     path = cfg.write_table(comm, table)

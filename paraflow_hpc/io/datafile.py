@@ -102,7 +102,7 @@ def _features(path, name, x) -> np.ndarray:
 def _labels(path, name, y, n: int) -> np.ndarray:
     y = np.asarray(y)
     if y.shape[:1] != (n,):
-        _bad(path, f"{name!r} has shape {y.shape} for {n} samples", f"give one label (or target row) per sample")
+        _bad(path, f"{name!r} has shape {y.shape} for {n} samples", "give one label (or target row) per sample")
     if y.dtype.kind in "iu":
         if y.ndim != 1:
             _bad(path, f"integer {name!r} has shape {y.shape}", "class labels are one integer per sample, (n,)")

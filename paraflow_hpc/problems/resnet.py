@@ -10,8 +10,9 @@ step delta = T / depth, and a classifier head on the final state. Row convention
   Y_{j+1}   = Y_j + delta * sigma(Z_{j+1/2} K_j^T + b_j),  with Z_{-1/2} = 0; the head reads Y.
 
 Co-states are P_j = dLoss/dX_j (the gradient convention; the paper's P is its negative).
-The backward solve uses torch autograd for each layer's vector-Jacobian product, so
-serial forward + backward + update is exactly SGD with backprop (Lemma 2.2).
+The backward solve is torch autograd's vector-Jacobian product through a block of layers (the
+co-state recursion layer by layer, one autograd call per block), so serial forward + backward +
+update is exactly SGD with backprop (Lemma 2.2).
 
 Coarse model: half the layers, step 2*delta. Controls are piecewise constant on the
 layer grid, so prolongation is piecewise-constant interpolation in t (fine layers 2i
@@ -86,21 +87,14 @@ def init_params(spec: ResNetSpec, seed: int, dtype=torch.float64, device="cpu") 
 def layer_step(spec: ResNetSpec, X, K, b):
     """One residual layer (one time step of the forward solve)."""
     sigma, delta = ACTIVATIONS[spec.activation], spec.delta
+    # addmm and add(alpha=): two fused kernels instead of four (the layers are tiny; op count is the cost)
     if spec.scheme == "euler":
-        return X + delta * sigma(X @ K.T + b)
+        return torch.add(X, sigma(torch.addmm(b, X, K.T)), alpha=delta)
     n = spec.width
     Y, Z = X[:, :n], X[:, n:]
-    Z = Z - delta * sigma(Y @ K + b)
-    Y = Y + delta * sigma(Z @ K.T + b)
+    Z = torch.add(Z, sigma(torch.addmm(b, Y, K)), alpha=-delta)
+    Y = torch.add(Y, sigma(torch.addmm(b, Z, K.T)), alpha=delta)
     return torch.cat([Y, Z], dim=1)
-
-
-def layer_vjp(spec: ResNetSpec, X, K, b, P_out):
-    """One step of the backward solve: (P_in, dLoss/dK, dLoss/db) from the co-state after the layer."""
-    X, K, b = (t.detach().requires_grad_() for t in (X, K, b))
-    with torch.enable_grad():
-        out = layer_step(spec, X, K, b)
-    return torch.autograd.grad(out, (X, K, b), P_out)
 
 
 def opening(spec: ResNetSpec, x, W, c):
@@ -124,8 +118,8 @@ def loss_value(spec: ResNetSpec, out, targets):
 def full_forward(spec: ResNetSpec, params: dict, x):
     """The whole network as one autograd graph (reference for the per-layer solves)."""
     X = opening(spec, x, params["open_W"], params["open_b"])
-    for j in range(spec.depth):
-        X = layer_step(spec, X, params["K"][j], params["b"][j])
+    for K, b in zip(params["K"].unbind(0), params["b"].unbind(0)):  # one stacking copy in backward, not one per layer
+        X = layer_step(spec, X, K, b)
     return head_output(spec, X, params["head_W"], params["head_b"])
 
 
@@ -141,7 +135,13 @@ def restrict(fine_layers: torch.Tensor) -> torch.Tensor:
 
 class Subnetwork:
     """Layers [start, stop) of the network, plus the opening layer on the first block and the head on
-    the last: the unit one rank owns. Forward and backward solves, and the SGD update (Lemma 2.2)."""
+    the last: the unit one rank owns. Forward and backward solves, and the SGD update (Lemma 2.2).
+
+    The forward solve records one autograd graph for the whole block (leaf copies of the block's
+    weights and of its input state); the backward solve is then one vector-Jacobian product of that
+    graph with the co-state at X_stop, which returns the co-state at X_start and every weight
+    gradient at once. This is the per-layer co-state recursion (each layer's VJP in turn) with the
+    Python and autograd-engine overhead paid once per block instead of once per layer."""
 
     def __init__(self, spec: ResNetSpec, params: dict[str, torch.Tensor], start: int, stop: int):
         self.spec, self.start, self.stop = spec, start, stop
@@ -150,24 +150,36 @@ class Subnetwork:
         self.params = {name: params[name].clone() for name in names}
         if len(self.params["K"]) != stop - start:
             raise ValueError(f"block [{start}, {stop}) was given {len(self.params['K'])} layers")
-        self.states: list[torch.Tensor] = []
-        self._input = None
+        self._graph = None  # (input leaf or None, weight leaves, X_stop) of the last forward solve
 
     def forward(self, inp):
-        """Forward solve over the block from the data (first block) or the state X_start; keeps the
-        trajectory for the backward solve and returns X_stop."""
+        """Forward solve over the block from the data (first block) or the state X_start; records the
+        block's autograd graph for the backward solve and returns X_stop (detached)."""
         p = self.params
-        self._input = inp
-        X = opening(self.spec, inp, p["open_W"], p["open_b"]) if self.first else inp
-        self.states = [X]
-        for j in range(self.stop - self.start):
-            X = layer_step(self.spec, X, p["K"][j], p["b"][j])
-            self.states.append(X)
-        return X
+        names = LAYER_PARAMS + (OPENING_PARAMS if self.first else ())
+        leaves = {n: p[n].detach().requires_grad_() for n in names}
+        x_in = None if self.first else inp.detach().requires_grad_()
+        with torch.enable_grad():
+            X = opening(self.spec, inp, leaves["open_W"], leaves["open_b"]) if self.first else x_in
+            # unbind once: its backward stacks the per-layer gradients in one copy
+            for K, b in zip(leaves["K"].unbind(0), leaves["b"].unbind(0)):
+                X = layer_step(self.spec, X, K, b)
+        self._graph = (x_in, leaves, X)
+        return X.detach()
+
+    @property
+    def has_graph(self) -> bool:
+        """Whether a forward solve awaits its backward solve."""
+        return self._graph is not None
+
+    @property
+    def state_out(self) -> torch.Tensor:
+        """X_stop of the forward solve that awaits its backward solve (detached)."""
+        return self._graph[2].detach()
 
     def loss_costate(self, targets):
         """Last block: loss, the terminal co-state dLoss/dX_T, head gradients and correct predictions."""
-        X = self.states[-1].detach().requires_grad_()
+        X = self.state_out.requires_grad_()
         W, c = (self.params[n].detach().requires_grad_() for n in HEAD_PARAMS)
         with torch.enable_grad():
             out = head_output(self.spec, X, W, c)
@@ -179,18 +191,12 @@ class Subnetwork:
     def backward(self, P):
         """Backward solve from the co-state at X_stop; returns (co-state at X_start, gradients).
         The first block has no input state and returns None for it."""
-        p = self.params
-        gK, gb = torch.empty_like(p["K"]), torch.empty_like(p["b"])
-        for j in reversed(range(self.stop - self.start)):
-            P, gK[j], gb[j] = layer_vjp(self.spec, self.states[j], p["K"][j], p["b"][j], P)
-        grads = {"K": gK, "b": gb}
-        if self.first:
-            W, c = (p[n].detach().requires_grad_() for n in OPENING_PARAMS)
-            with torch.enable_grad():
-                X0 = opening(self.spec, self._input, W, c)
-            grads["open_W"], grads["open_b"] = torch.autograd.grad(X0, (W, c), P)
-            return None, grads
-        return P, grads
+        x_in, leaves, X = self._graph
+        self._graph = None  # one backward solve per forward solve
+        inputs = list(leaves.values()) + ([] if self.first else [x_in])
+        out = torch.autograd.grad(X, inputs, P)
+        grads = dict(zip(leaves, out))
+        return (None if self.first else out[-1]), grads
 
     def sgd_step(self, grads: dict, lr: float, weight_decay: float = 0.0) -> None:
         """U <- U - lr (dLoss/dU + weight_decay U): the algorithmic mapping of Lemma 2.2 with R = wd/2 |U|^2."""
@@ -200,10 +206,11 @@ class Subnetwork:
                 g = g + weight_decay * u
             u.sub_(lr * g)
 
+    @torch.no_grad()
     def output(self, inp):
-        """Forward solve without keeping the trajectory (evaluation)."""
+        """Forward solve without recording a graph (evaluation)."""
         p = self.params
         X = opening(self.spec, inp, p["open_W"], p["open_b"]) if self.first else inp
-        for j in range(self.stop - self.start):
-            X = layer_step(self.spec, X, p["K"][j], p["b"][j])
+        for K, b in zip(p["K"].unbind(0), p["b"].unbind(0)):
+            X = layer_step(self.spec, X, K, b)
         return X

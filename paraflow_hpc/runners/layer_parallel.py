@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..algorithms.layer_parallel import (COUPLINGS, LayerParallelState, check_partition, costate_regression,
+from ..algorithms.layer_parallel import (COUPLINGS, FEATURES, LayerParallelState, check_partition, costate_regression,
                                          layer_block, train)
 from ..comm import Progress, torch_device
 from ..config import ConfigError, RunConfig, option, require
@@ -44,7 +44,11 @@ class Config(RunConfig):
     ridge: float = option(1e-6, "ridge parameter of the co-state regression (relative to the data scale)")
     regression_by_class: bool = option(True, "fit one affine co-state map per class label (false: one map, "
                                              "eq. (6) as printed)")
+    regression_features: str = option("affine", "regressors of the co-state model: affine (eq. (6)) or quadratic "
+                                                 "(also the products of state components)", choices=list(FEATURES))
     eval_every: int = option(10, "evaluate full train/test accuracy every k iterations (not timed)")
+    diagnose_every: int = option(0, "every k iterations also compute each rank's exact gradient and record its "
+                                    "cosine with the applied one (regression coupling; not timed; 0: never)")
     dtype: str = option("float64", "floating-point type", choices=list(DTYPES))
     device: str = option("auto", "auto: one GPU per rank when CUDA is available, else the CPU",
                          choices=["auto", "cpu", "cuda"])
@@ -55,7 +59,7 @@ class Config(RunConfig):
             require(getattr(self, key) >= 1, f"{key} = {getattr(self, key)}: must be >= 1")
         for key in ("final_time", "lr"):
             require(getattr(self, key) > 0, f"{key} = {getattr(self, key)}: must be > 0")
-        for key in ("coarse_iterations", "coarse_lr", "weight_decay", "ridge"):
+        for key in ("coarse_iterations", "coarse_lr", "weight_decay", "ridge", "diagnose_every"):
             require(getattr(self, key) >= 0, f"{key} = {getattr(self, key)}: must be >= 0")
         require(self.samples >= 10, f"samples = {self.samples}: need at least 10 for a train/test split")
         n_train = len(self.load_dataset().y_train)
@@ -86,7 +90,8 @@ class Config(RunConfig):
         """The options that define the iterates: a checkpoint must match them to be resumed."""
         keys = ("problem", "problem_args", "data", "samples", "seed", "depth", "width", "final_time", "scheme",
                 "coupling", "coarse_iterations", "coarse_lr", "iterations", "lr", "batch_size", "weight_decay",
-                "window", "ridge", "regression_by_class", "eval_every", "dtype")
+                "window", "ridge", "regression_by_class", "regression_features",
+                "eval_every", "diagnose_every", "dtype")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -105,8 +110,9 @@ def setup(cfg: Config, comm):
 def train_options(cfg: Config) -> dict:
     return dict(iterations=cfg.iterations, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
                 coupling=cfg.coupling, coarse_iterations=cfg.coarse_iterations, coarse_lr=cfg.coarse_lr or cfg.lr,
-                window=cfg.window, ridge=cfg.ridge, by_class=cfg.regression_by_class, weight_decay=cfg.weight_decay,
-                eval_every=cfg.eval_every)
+                window=cfg.window, ridge=cfg.ridge, by_class=cfg.regression_by_class,
+                features=cfg.regression_features, weight_decay=cfg.weight_decay,
+                eval_every=cfg.eval_every, diagnose_every=cfg.diagnose_every)
 
 
 def main(cfg: Config, comm) -> int:
@@ -123,7 +129,8 @@ def main(cfg: Config, comm) -> int:
     resume = None
     if cfg.restart:
         meta, arrays, root = hook.load(cfg.restart)
-        regression = costate_regression(spec, cfg.window, cfg.ridge, cfg.regression_by_class)
+        regression = costate_regression(spec, cfg.window, cfg.ridge, cfg.regression_by_class,
+                                        cfg.regression_features)
         resume = LayerParallelState.from_arrays(int(meta["iteration"]), spec, start, stop, regression, arrays, root,
                                                 device)
         progress(f"restarting from {cfg.restart} after iteration {resume.k}")
