@@ -126,7 +126,7 @@ def test_restart_is_bit_identical(tmp_path):
 def test_bad_input_fails_on_every_rank(tmp_path, args, message):
     result = run_mgrit(tmp_path, 2, check=False, **args)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.count(message) == 2, result.stderr
+    assert result.stderr.count(message) == 1, result.stderr   # once, from rank 0
 
 
 def test_divergence_is_reported(tmp_path):

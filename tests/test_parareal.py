@@ -29,12 +29,16 @@ def serial_fine(problem_name, intervals, fine_steps):
     return np.array(out)
 
 
-def run_parareal(tmp_path, nranks, name="run", extra=(), **opts):
+def run_parareal(tmp_path, nranks, name="run", extra=(), exit_code=0, **opts):
+    """The run's result file; ``exit_code`` 4: stopped unconverged at k_max (written, not a success)."""
     out = tmp_path / f"{name}-{nranks}.h5"
     args = ["run", "parareal", "--quiet", "--output", str(out)]
     for key, value in opts.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
-    run_cli(nranks, args + list(extra))
+    proc = run_cli(nranks, args + list(extra), check=False)
+    assert proc.returncode == exit_code, proc.stderr[-3000:]
+    if exit_code == 4:
+        assert proc.stderr.count("error: Parareal did not converge") == 1, proc.stderr[-3000:]
     with h5py.File(out, "r") as f:
         return {"boundaries": f["solution/boundaries"][()], "update": f["history/update_norm"][()],
                 "residual": f["history/residual_norm"][()], "attrs": dict(f.attrs),
@@ -278,8 +282,8 @@ def test_bench_writes_hdf5_and_table(tmp_path):
 @pytest.mark.parametrize("norm", ["l2", "max"])
 def test_relative_measure_divides_by_the_iterate(tmp_path, norm):
     opts = dict(problem="brusselator", intervals=8, coarse_steps=20, fine_steps=100, tol=0, k_max=3, norm=norm)
-    absolute = run_parareal(tmp_path, 2, name="abs", **opts)
-    relative = run_parareal(tmp_path, 2, name="rel", **opts, relative="true")
+    absolute = run_parareal(tmp_path, 2, name="abs", exit_code=4, **opts)
+    relative = run_parareal(tmp_path, 2, name="rel", exit_code=4, **opts, relative="true")
     np.testing.assert_array_equal(relative["boundaries"], absolute["boundaries"])
     U = absolute["boundaries"]
     size = np.linalg.norm(np.linalg.norm(U, axis=1)) if norm == "l2" else np.max(np.abs(U))

@@ -240,7 +240,7 @@ PATHS = {"output", "checkpoint", "restart"}
 
 def computed(path) -> dict:
     """Everything a run computed: config (without paths), attributes and the /solution, /data and
-    /history datasets, without timings (anything named *seconds* or *speedup*)."""
+    /history datasets, without timings (anything named *seconds*, *speedup* or efficiency)."""
     out = {}
 
     def take(name, obj):
@@ -253,7 +253,8 @@ def computed(path) -> dict:
                 f[group].visititems(lambda name, obj, g=group: take(f"{g}/{name}", obj))
         out["config"] = {k: v for k, v in json.loads(f.attrs["config"]).items() if k not in PATHS}
         out["attrs"] = {k: v for k, v in f.attrs.items()
-                        if k not in RUN_SPECIFIC and "seconds" not in k and "speedup" not in k}
+                        if k not in RUN_SPECIFIC and "seconds" not in k and "speedup" not in k
+                        and k != "efficiency"}   # timing-derived, like the speed-ups
     return out
 
 

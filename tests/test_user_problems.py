@@ -56,10 +56,10 @@ def test_user_ode_parareal_equals_serial_fine_and_repeats_from_the_file(tmp_path
 def test_user_ode_pan(tmp_path, nranks):
     out = tmp_path / "pan.h5"
     run_cli(nranks, ["run", "pan", "--problem", f"{PENDULUM}:PendulumBatched", "--problem-args", "tf=2",
-                     "--n-coeffs", "20", "--quiet", "--output", out], timeout=240)
+                     "--n-coeffs", "20", "--rtol", "1e-8", "--atol", "1e-8", "--quiet", "--output", out], timeout=240)
     attrs, config, data = read(out)
-    assert attrs["error"] < 1e-7  # against DOP853 at 1e-13
-    assert data["times"][-1] == 2.0 and len(data["times"]) == 3  # the class's subinterval = 1
+    assert attrs["error"] < 10 * 1e-8  # dense-grid error against DOP853 at 1e-13, within 10 x the tolerance
+    assert data["ts"][0] == 0.0 and data["ts"][-1] == 2.0  # the accepted subintervals cover [t0, tf]
 
 
 @pytest.mark.mpi

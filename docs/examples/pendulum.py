@@ -27,7 +27,6 @@ class Pendulum:
 
 
 class PendulumBatched(Pendulum):
-    subinterval = 1.0  # PAN solves [t0, tf] one subinterval of this length after the other
 
     def f(self, t, Y):
         """t: (m,), Y: (m, 2) float64 tensors -> (m, 2)."""

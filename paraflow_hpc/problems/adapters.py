@@ -48,7 +48,6 @@ def _ivp_adapter(problem, name: str):
         def __init__(self):
             self.problem, self.name = problem, str(getattr(problem, "name", name))
             self.t0, self.tf = float(problem.t0), float(problem.tf)
-            self.subinterval = float(getattr(problem, "subinterval", 0.0))
             y0 = problem.y0
             self.y0 = np.array(y0() if callable(y0) else y0, dtype=float)
             self.exact = getattr(problem, "exact", None)

@@ -12,7 +12,8 @@ from __future__ import annotations
 ODE = ("dahlquist:Dahlquist", "lorenz:Lorenz", "brusselator:Brusselator", "heat:Heat1D",
        "quadratic:QuadraticGradientFlow")
 IVP = ("spiral:Spiral", "lorenz:Lorenz", "dahlquist:Dahlquist", "vdp:VanDerPol", "vdp-stiff:StiffVanDerPol",
-       "neural:NeuralODE")
+       "neural:NeuralODE", "vdp-mild:VanDerPolMild", "pendulum:Pendulum", "brusselator:Brusselator",
+       "neural-big:NeuralODEBig")
 NETWORK = ("classification:Classification", "approximation:Approximation", "pinn:PoissonPINN")
 DATASETS = ("ellipses", "swissroll", "digits")
 

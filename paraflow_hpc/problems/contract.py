@@ -88,8 +88,7 @@ class BatchedIVP(Protocol):
     ``f(t, Y)``: times t, a float64 tensor of shape (m,), and states Y, float64 (m, L), return
     float64 (m, L): row i is f(t_i, Y_i). Written with torch operations (so ``torch.func``
     gives its Jacobian) and pure. ``y0``: float array (L,) (or a method returning it);
-    ``t0``, ``tf``: float; ``subinterval`` (optional, default 0 = one interval): length of
-    PAN's consecutive subintervals. Subclassing :class:`paraflow_hpc.problems.ivp.IVP` gives
+    ``t0``, ``tf``: float (PAN chooses its subintervals itself from ``rtol``/``atol``). Subclassing :class:`paraflow_hpc.problems.ivp.IVP` gives
     ``f_and_jacobian`` and ``numpy_f``; any other object is wrapped to get them.
     """
 

@@ -42,8 +42,10 @@ class IVP:
             return self.f(torch.tensor([t], dtype=DTYPE), torch.as_tensor(y, dtype=DTYPE)[None])[0].numpy()
 
     def scipy_f(self, t: float, y: np.ndarray) -> np.ndarray:
-        """The same field in plain numpy for one point (what a scipy user writes)."""
-        raise NotImplementedError
+        """The same field in plain numpy for one point (what a scipy user writes). The built-ins
+        override it; a problem without a numpy form falls back to :meth:`numpy_f` (through torch),
+        so the DOP853 reference of ``run pan`` works for every problem, only slower."""
+        return self.numpy_f(t, y)
 
     exact = None
 

@@ -4,9 +4,13 @@ Usage: fail_on_one_rank.py WHERE RANK -- CLI ARGS. WHERE is one of
   checkpoint_write   the second checkpoint write raises (on rank 0, which writes; the others wait)
   checkpoint_read    reading the restart checkpoint raises (rank 0 reads; the others wait)
   result_write       writing a dataset of the parallel HDF5 result raises OSError on RANK
-  first_evaluation   on RANK, the first call of the method's user-level callable raises: the
+  first_evaluation   on RANK, the method's first call of its user-level callable raises: the
                      right-hand side (Parareal), the loss gradient (ParaFlow), the window
-                     gradients (PASO), the forward pass of a block of layers (layer-parallel)
+                     gradients (PASO), the forward pass of a block of layers (layer-parallel).
+                     The calls of the problem's probe (problems.contract.probe, run while the
+                     config is validated) do not count: the method's own first call fails
+  probe              on RANK, the same callables raise inside the probe (config validation):
+                     an agreed ConfigError, one error line from rank 0, exit 2
   rhs_nan_after      on EVERY rank, the right-hand side returns NaN after RANK calls (a diverging F
                      in a later iteration, after checkpoints were written)
 The exit code is the CLI's (or MPI_Abort's); the test asserts no hang and one message.
@@ -19,16 +23,19 @@ import h5py
 
 from paraflow_hpc import cli
 from paraflow_hpc.io import checkpoint
-from paraflow_hpc.problems import models, networks, ode, resnet
+from paraflow_hpc.problems import contract, models, networks, ode, resnet
 
 where, rank = sys.argv[1], int(sys.argv[2])
 args = sys.argv[sys.argv.index("--") + 1:]
 me = MPI.COMM_WORLD.rank
 calls = {"n": 0}
+probing = {"on": False}
 
 
-def failing(original, after: int, exc):
+def failing(original, after: int, exc, count_probe: bool = True):
     def wrapper(*a, **k):
+        if probing["on"] and not count_probe:
+            return original(*a, **k)
         calls["n"] += 1
         if calls["n"] > after:
             raise exc
@@ -42,13 +49,23 @@ elif where == "checkpoint_read" and me == rank:
     checkpoint._open_verified = failing(checkpoint._open_verified, 0, ValueError("injected: checkpoint read fails"))
 elif where == "result_write" and me == rank:
     h5py.Dataset.__setitem__ = failing(h5py.Dataset.__setitem__, 0, OSError("injected: dataset write fails"))
-elif where == "first_evaluation" and me == rank:
+elif where in ("first_evaluation", "probe") and me == rank:
     error = TypeError("injected: a user callable fails")
+    in_probe = where == "probe"
     for cls in ode.ODE_PROBLEMS.values():
-        cls.f = failing(cls.f, 0, error)
-    networks.NetworkProblem.value_and_grad = failing(networks.NetworkProblem.value_and_grad, 0, error)
-    models.TrainingProblem.window_gradients = failing(models.TrainingProblem.window_gradients, 0, error)
-    resnet.Subnetwork.forward = failing(resnet.Subnetwork.forward, 0, error)
+        cls.f = failing(cls.f, 0, error, in_probe)
+    networks.NetworkProblem.value_and_grad = failing(networks.NetworkProblem.value_and_grad, 0, error, in_probe)
+    models.TrainingProblem.window_gradients = failing(models.TrainingProblem.window_gradients, 0, error, in_probe)
+    resnet.Subnetwork.forward = failing(resnet.Subnetwork.forward, 0, error, in_probe)
+    probe = contract.probe
+
+    def probe_uncounted(*a, **k):
+        probing["on"] = True
+        try:
+            return probe(*a, **k)
+        finally:
+            probing["on"] = False
+    contract.probe = probe_uncounted
 elif where == "rhs_nan_after":
     def nan_later(original):
         def f(self, t, y):
