@@ -78,11 +78,15 @@ def test_report_tables_and_plots(tmp_path):
     for n in (1, 2):
         out = tmp_path / f"bru-{n}.h5"
         run_cli(n, ["run", "parareal", "--problem", "brusselator", "--intervals", "8", "--coarse-steps", "20",
-                    "--fine-steps", "200", "--quiet", "--output", str(out)])
+                    "--fine-steps", "200", "--quiet", "--output", str(out), "--checkpoint-every", "1"])
         files.append(str(out))
-    done = subprocess.run([sys.executable, "-m", "paraflow_hpc", "report", *files, "--out", str(tmp_path / "rep")],
-                          capture_output=True, text=True, env=mpi_env(), timeout=120)
-    assert done.returncode == 0, done.stderr
+    # `report results/*.h5` also matches the checkpoints beside the results: they are skipped, said once
+    checkpoints = sorted(str(p) for p in tmp_path.glob("*.ckpt.h5"))
+    assert checkpoints
+    done = subprocess.run([sys.executable, "-m", "paraflow_hpc", "report", *files, *checkpoints,
+                           "--out", str(tmp_path / "rep")], capture_output=True, text=True, env=mpi_env(), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(done.stdout.count(f"note: {c} is a checkpoint") == 1 for c in checkpoints), done.stdout
     summary = (tmp_path / "rep" / "summary.md").read_text().splitlines()
     assert len(summary) == 4 and "bru-2.h5 | parareal | brusselator | 2" in summary[3]
     assert "wall_seconds" in summary[0] and "error_final" in summary[0]

@@ -2,7 +2,8 @@
 
 Usage: fail_on_one_rank.py WHERE RANK -- CLI ARGS. WHERE is one of
   checkpoint_write   the second checkpoint write raises (on rank 0, which writes; the others wait)
-  checkpoint_read    reading the restart checkpoint raises (rank 0 reads; the others wait)
+  checkpoint_read    reading the restart checkpoint raises (rank 0 reads; the others wait): the
+                     CLI's check up front (verify_checkpoint) passes, the load's open raises
   result_write       writing a dataset of the parallel HDF5 result raises OSError on RANK
   first_evaluation   on RANK, the method's first call of its user-level callable raises: the
                      right-hand side (Parareal), the loss gradient (ParaFlow), the window
@@ -46,7 +47,7 @@ def failing(original, after: int, exc, count_probe: bool = True):
 if where == "checkpoint_write" and me == rank:
     checkpoint._seal = failing(checkpoint._seal, 1, RuntimeError("injected: checkpoint write fails"))
 elif where == "checkpoint_read" and me == rank:
-    checkpoint._open_verified = failing(checkpoint._open_verified, 0, ValueError("injected: checkpoint read fails"))
+    checkpoint._open_verified = failing(checkpoint._open_verified, 1, ValueError("injected: checkpoint read fails"))
 elif where == "result_write" and me == rank:
     h5py.Dataset.__setitem__ = failing(h5py.Dataset.__setitem__, 0, OSError("injected: dataset write fails"))
 elif where in ("first_evaluation", "probe") and me == rank:
