@@ -146,6 +146,9 @@ def main(cfg: Config, comm) -> int:
     progress(f"space-time Parareal on {comm.size} ranks = {_describe(layout)}: {problem.name} on "
              f"{cfg.nx} x {r['ny']}, t in [{r['t0']}, {r['tf']}], N = {cfg.intervals}, "
              f"G = {coarse.describe()}, F = {fine.describe()}")
+    if layout["time_groups"] == 1:   # Parareal's iterations then run one after the other: no gain in time
+        progress("note: P = 1 time group: every Parareal iteration costs a full fine sweep on the same ranks, so "
+                 "this run is slower than the sequential fine solve; use more ranks than --space-ranks")
 
     def failed(what: str) -> NonFiniteError:
         """Collective: ``what`` and the first TS failure message of any rank, to raise on every rank."""
