@@ -264,21 +264,6 @@ def plot_timings(runs, names, path):
     plt.close(fig)
 
 
-def _is_checkpoint(path: str) -> bool:
-    """Whether ``path`` ends in a paraflow_hpc checkpoint trailer (read without HDF5)."""
-    from .io.checkpoint import MAGIC, TRAILER
-
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() < TRAILER.size:
-                return False
-            fh.seek(-TRAILER.size, os.SEEK_END)
-            return TRAILER.unpack(fh.read(TRAILER.size))[0] == MAGIC
-    except OSError:
-        return False
-
-
 def main(files: list[str], out_dir: str) -> int:
     import matplotlib
 
@@ -287,7 +272,9 @@ def main(files: list[str], out_dir: str) -> int:
     if missing:
         print(f"error: no such result file: {', '.join(missing)}")
         return 2
-    checkpoints = [f for f in files if _is_checkpoint(f)]
+    from .io.paths import is_checkpoint
+
+    checkpoints = [f for f in files if is_checkpoint(f)]
     for path in checkpoints:   # `results/*.h5` also matches the runs' checkpoints: not results
         print(f"note: {path} is a checkpoint, not a result file: skipped")
     files = [f for f in files if f not in checkpoints]
