@@ -310,7 +310,7 @@ def run_optimizers(cfg: Config, comm, name: str, progress) -> dict:
     """Final full-batch loss at ``optim_budget`` gradients: GD, ParaFlowS (N_G = n_g), Adam and
     ParaFlowS with F = Adam per rate, L-BFGS on rank 0, and ParaFlow on all ranks (its budget counts
     every rank's gradients)."""
-    problem = make_problem(name)
+    problem = make_problem(cfg, name)
     W0 = problem.initial_weights(cfg.seed)
     schedule = BatchSchedule(problem.n_samples, problem.n_samples, cfg.seed)
     fine = Fine(problem, schedule, cfg.race_n_f, cfg.race_eta)
