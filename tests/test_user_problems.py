@@ -119,6 +119,18 @@ def test_user_problem_in_a_benchmark(tmp_path):
 
 
 @pytest.mark.mpi
+def test_user_ivp_in_the_pan_benchmark(tmp_path):
+    out = tmp_path / "bench.h5"
+    run_cli(2, ["bench", "pan", "--problem", f"{PENDULUM}:PendulumBatched", "--problem-args", "tf=2",
+                "--tols", "1e-8", "--plot", "false", "--quiet", "--output", out], timeout=240)
+    text = (tmp_path / "bench.md").read_text()
+    assert "pendulum.py:PendulumBatched" in text
+    pan = [line for line in text.splitlines() if line.startswith("| PAN")]
+    assert len(pan) == 1, text
+    assert float(pan[0].split("|")[3]) < 10 * 1e-8  # PAN's dense error within 10 x its tolerance
+
+
+@pytest.mark.mpi
 @pytest.mark.parametrize("bench, options, column", [
     ("paso", ["--problem", MLP, "--data", MOONS, "--optimizers", "sgd", "--steps", "20", "--sweep-windows", "",
               "--ackley-steps", "0", "--rules-problem", ""], "tiny_mlp.py:TinyMLP | sgd"),

@@ -28,7 +28,8 @@ from ..algorithms.pan_ivp import pan_ivp, validate
 from ..comm import Progress, Timers
 from ..config import option, require
 from ..io.results import write_result
-from ..problems.ivp import IVP_PROBLEMS
+from ..problems.contract import load_problem
+from ..runners.common import configured_problem, problem_args_option
 from . import BenchConfig
 
 SCIPY_METHODS = ("RK45", "DOP853", "Radau", "LSODA")
@@ -63,21 +64,30 @@ class Config(BenchConfig):
     tf: float = option(0.0, "end time for every problem (0: each problem's own)")
     petsc: str = option("", "PETSc options for PAN's SNES (as for run pan)")
     plot: bool = option(True, "write the work-precision diagrams as PNG beside the table")
+    problem: str = option("", "one problem instead of problems: package.module:name, path/to/file.py:name "
+                              "or a built-in name")
+    problem_args: dict = problem_args_option()
 
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
-        for name in self.problems:
-            require(name in IVP_PROBLEMS, f"problems: {name!r} is unknown; choose from {', '.join(IVP_PROBLEMS)}")
+        if self.problem:
+            self.problems = [self.problem]
+        for name in self.problems:   # loaded and probed through the one door (an error names the fix)
+            self.load(name)
         require(self.tols and all(0 < t < 1 for t in self.tols), f"tols = {self.tols}: need 0 < tol < 1")
         require(self.tf >= 0, f"tf = {self.tf}: need tf >= 0 (0: each problem's own)")
         for name in self.problems:  # the checks of run pan and pan_ivp, for every problem and tolerance
-            problem = IVP_PROBLEMS[name]()
+            problem = self.load(name)
             try:
                 validate((problem.t0, self.tf or problem.tf), problem.y0, min(self.tols), min(self.tols),
                          self.n_coeffs, self.n_coeffs, None, np.inf, None, comm_size)
                 parse_petsc_options(self.petsc)
             except PANError as err:
                 require(False, str(err))
+
+    def load(self, name: str):
+        """Problem ``name``: ``--problem`` with ``--problem-args``, or a built-in."""
+        return configured_problem(self, "ivp") if name == self.problem else load_problem(name, "ivp")
 
     def default_output(self) -> str:
         return os.path.join("results", "bench-pan.h5")
@@ -203,7 +213,7 @@ def main(cfg: Config, comm) -> int:
     timings = Timers()
     tables, all_rows = [], {}
     for name in cfg.problems:
-        problem = IVP_PROBLEMS[name]()
+        problem = cfg.load(name)
         t_span = (problem.t0, cfg.tf or problem.tf)
         grid = np.linspace(*t_span, 1001)
         reference = None
