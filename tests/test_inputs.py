@@ -428,3 +428,27 @@ def test_layer_parallel_train_refuses_what_the_cli_refuses(kwargs, message):
     options = {"iterations": 2, "lr": 0.3, "batch_size": 16, "seed": 5, "coupling": "exact", **kwargs}
     with pytest.raises(ValueError, match=message):
         train(MPI.COMM_SELF, spec, init_params(spec, seed=3), data, **options)
+
+
+@pytest.mark.parametrize("method, args, name", [
+    ("layer-parallel", ["--problem", "ellipses", "--samples", "200", "--depth", "8", "--width", "4",
+                        "--batch-size", "16", "--iterations", "4", "--coarse-iterations", "2"], "param_"),
+    ("mgrit", ["--problem", "dahlquist", "--intervals", "64", "--levels", "2", "--tol", "1e-14",
+               "--max-iter", "3"], "u"),
+])
+def test_checkpoint_with_arrays_that_do_not_fit_is_refused(tmp_path, method, args, name):
+    """Right names, wrong shapes: refused once with exit 2 on every rank (a schema or the state's
+    constructors say so), never a traceback from one rank."""
+    ck = tmp_path / "ck.h5"
+    run_cli(2, ["run", method, *args, "--checkpoint-every", "1", "--checkpoint", ck, "--quiet",
+                "--output", tmp_path / "r.h5"], check=False, timeout=240)
+    assert ck.exists()
+    def shrink(f, directory):
+        group = f["rank_00001"]
+        target = next(n for n in group if n.startswith(name))
+        _replace(f, f"rank_00001/{target}", data=np.zeros((1,) * group[target].ndim))
+    bad = crafted_checkpoint(ck, tmp_path, shrink)
+    result = run_cli(2, ["run", method, *args, "--restart", bad, "--output", tmp_path / "out.h5"],
+                     check=False, timeout=240)
+    refused(result, str(bad))
+    assert not (tmp_path / "out.h5").exists()

@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 from ..comm import NonFiniteError, StopRequest
 from ..config import option
-from ..io.checkpoint import load_checkpoint, save_checkpoint
+from ..io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..io.datafile import read_data, split_off_test
 from ..problems.contract import METHODS, load_problem
 
@@ -74,6 +74,25 @@ class CheckpointHook:
 
     def load(self, path: str):
         return load_checkpoint(self.comm, path, self.kind, self.identity, self.spec, meta_types=self.meta_types)
+
+    def restore(self, path: str, build):
+        """Collective: :meth:`load`, then ``build(meta, arrays, root)`` into the method's state.
+
+        For methods whose config states no exact ``checkpoint_spec``: a checkpoint with the right
+        names but arrays that do not fit this run (a crafted or foreign file) makes ``build`` fail on
+        some rank; that is refused on every rank alike with :class:`CheckpointError` (exit 2), never a
+        traceback on one rank. Returns (meta, state)."""
+        meta, arrays, root = self.load(path)
+        state, error = None, None
+        try:
+            state = build(meta, arrays, root)
+        except Exception as err:   # whatever the arrays do to the state's constructors
+            error = (f"checkpoint {path!r} does not fit this run ({type(err).__name__}: {err}); restart with "
+                     "the configuration that wrote it")
+        errors = [e for e in self.comm.allgather(error) if e]
+        if errors:
+            raise CheckpointError(errors[0])
+        return meta, state
 
 
 def checkpoint_meta(cfg) -> dict:

@@ -128,11 +128,10 @@ def main(cfg: Config, comm) -> int:
     hook = CheckpointHook(comm, cfg, "layer-parallel", cfg.identity(), progress, fix="lower lr")
     resume = None
     if cfg.restart:
-        meta, arrays, root = hook.load(cfg.restart)
         regression = costate_regression(spec, cfg.window, cfg.ridge, cfg.regression_by_class,
                                         cfg.regression_features)
-        resume = LayerParallelState.from_arrays(int(meta["iteration"]), spec, start, stop, regression, arrays, root,
-                                                device)
+        _, resume = hook.restore(cfg.restart, lambda meta, arrays, root: LayerParallelState.from_arrays(
+            int(meta["iteration"]), spec, start, stop, regression, arrays, root, device))
         progress(f"restarting from {cfg.restart} after iteration {resume.k}")
 
     def after_iteration(state: LayerParallelState) -> bool:

@@ -10,7 +10,7 @@ from mpi4py import MPI
 
 from ..algorithms.mgrit import CYCLES, RELAXATIONS, MgritState, hierarchy, mgrit
 from ..algorithms.parareal import NORMS, StoppingRule, serial_fine, subinterval_bounds
-from ..comm import EXIT_NON_FINITE, NonFiniteError, Progress, Timers
+from ..comm import EXIT_NON_FINITE, NonFiniteError, Progress, Timers, block_partition
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
 from ..propagators import make_propagator
@@ -71,6 +71,15 @@ class Config(RunConfig):
             require(s >= 1, f"steps = {self.steps}: every value must be >= 1")
         require(self.tol >= 0, f"tol = {self.tol}: must be >= 0")
         require(self.max_iter >= 1, f"max_iter = {self.max_iter}: must be >= 1")
+
+    def checkpoint_spec(self, rank, nranks: int) -> dict:
+        """The arrays a checkpoint of this run holds: rank ``rank``'s level-0 points (a ghost and its
+        block, :class:`~paraflow_hpc.algorithms.mgrit.MgritState`), or the shared histories."""
+        if rank == "root":
+            return {"residuals": ((None,), "f"), "errors": ((None,), "f")}
+        d = np.shape(configured_problem(self, "ode").y0())
+        a, b = block_partition(self.intervals, nranks, rank)
+        return {"u": ((b + 2 if rank == 0 else b - a + 1,) + d, "f")}
 
     def identity(self) -> dict:
         """The options that define the solution: a checkpoint must match them to be resumed."""

@@ -113,8 +113,8 @@ def checkpointing(comm, cfg, kind: str, progress):
     hook = CheckpointHook(comm, cfg, kind, cfg.identity(), progress)
     resume = None
     if cfg.restart:
-        meta, _, root = hook.load(cfg.restart)
-        resume = state_from(meta, root, torch_device(comm, cfg.device))
+        device = torch_device(comm, cfg.device)
+        _, resume = hook.restore(cfg.restart, lambda meta, _, root: state_from(meta, root, device))
         progress(f"restarting from {cfg.restart} after window {resume.k}")
 
     def after_iteration(state: FlowState) -> bool:
