@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import stat
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -168,6 +169,14 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
 
 def read_config_file(config_file: str) -> bytes:
     """The bytes of a TOML config file; ConfigError (naming the file) if it cannot be read."""
+    try:   # a FIFO or device would block or never end: only regular files are read
+        mode = os.stat(config_file).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ConfigError(f"config file {config_file!r} is not a regular file; give a TOML file")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {config_file!r} does not exist") from None
+    except OSError:
+        pass   # reported by open() below with its reason
     try:
         with open(config_file, "rb") as fh:
             return fh.read()

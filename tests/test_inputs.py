@@ -83,6 +83,8 @@ CHECKPOINT_EDITS = {
                    "more data than the whole file holds"),
     "missing iteration": (lambda f, d: _meta(f, iteration=None), "meta entry 'iteration' = None"),
     "string iteration": (lambda f, d: _meta(f, iteration="3"), "meta entry 'iteration' = '3'"),
+    "iteration beyond the run's limit": (lambda f, d: _meta(f, iteration=100),
+                                         "meta entry 'iteration' = 100 is outside 0..8"),
     "string rank count": (lambda f, d: f.attrs.__setitem__("nranks", "2"), "@nranks = '2' is not an integer"),
     "group for dataset": (lambda f, d: (f.__delitem__("rank_00000/fine"), f.create_group("rank_00000/fine")),
                           "/rank_00000/fine is not a dataset"),
@@ -452,3 +454,27 @@ def test_checkpoint_with_arrays_that_do_not_fit_is_refused(tmp_path, method, arg
                      check=False, timeout=240)
     refused(result, str(bad))
     assert not (tmp_path / "out.h5").exists()
+
+
+@pytest.mark.parametrize("option", ["--output", "--restart", "--config"])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_special_files_are_refused_never_opened(tmp_path, option, kind):
+    """A FIFO would block every read or write forever; a device (as root) would be replaced by the
+    result. Refused up front: one line, exit 2, within the timeout; the node is left as it was."""
+    import stat
+
+    node = tmp_path / "node"
+    if kind == "fifo":
+        os.mkfifo(node)
+    else:
+        try:
+            os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))   # like /dev/null
+        except PermissionError:
+            pytest.skip("creating a device node needs root")
+    args = [option, node] if option != "--output" else ["--output", node, "--overwrite"]
+    if option != "--output":
+        args += ["--output", tmp_path / "out.h5"]
+    result = parareal(2, *args)
+    refused(result, "not a regular file")
+    mode = os.stat(node).st_mode
+    assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)

@@ -294,6 +294,9 @@ def _check_structure(f, size, path, kind, nranks, expect, spec, meta_types):
                 "restart with the configuration that wrote it")
     for key, typ in (meta_types or {}).items():
         value = meta.get(key)
+        if isinstance(typ, range) and (not isinstance(value, int) or isinstance(value, bool) or value not in typ):
+            raise SchemaError(f"meta entry {key!r} = {value!r} is outside {typ.start}..{typ.stop - 1}, "
+                              "the counts this run can reach")
         if typ is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise SchemaError(f"meta entry {key!r} = {value!r} is not a count (an integer >= 0)")
         if typ is float and (not isinstance(value, (int, float)) or isinstance(value, bool)
@@ -331,12 +334,15 @@ def _check_structure(f, size, path, kind, nranks, expect, spec, meta_types):
     return layouts, meta
 
 
-def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types, nranks=None):
+def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types, nranks=None, warn=True):
     """Rank 0: the first usable candidate of (path, path.prev) opened, or None and the error."""
     notes = []
     for candidate in (path, path + ".prev"):
         if not os.path.exists(candidate):
             notes.append(f"checkpoint {candidate!r} does not exist")
+            continue
+        if not os.path.isfile(candidate):   # a FIFO would block the read forever, a device never end
+            notes.append(f"checkpoint {candidate!r} is not a regular file")
             continue
         try:
             opened = _open_verified(candidate, kind, nranks or comm.size, expect, spec, meta_types)
@@ -346,7 +352,7 @@ def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types, 
         except OSError as err:
             notes.append(f"checkpoint {candidate!r} cannot be opened ({err.strerror or err})")
             continue
-        if candidate != path:
+        if candidate != path and warn:   # said once, when the run loads it (not at the check up front)
             print(f"warning: {notes[-1]}; using the previous checkpoint {candidate!r}", flush=True)
         return opened, None
     return None, notes[0] if len(notes) == 1 or "does not exist" in notes[1] else "; ".join(notes)
@@ -360,7 +366,7 @@ def verify_checkpoint(comm, path: str, kind: str, expect: dict | None = None, sp
     error = None
     with collective(comm, f"checking checkpoint {path}"):
         if comm.rank == 0:
-            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_types, nranks)
+            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_types, nranks, warn=False)
             if opened is not None:
                 opened.close()
         error = comm.bcast(error, root=0)
@@ -377,7 +383,8 @@ def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec
     dimension, or ``None`` for the whole shape: any), ``kinds`` the allowed numpy dtype kinds
     (e.g. ``"f"``). A checkpoint that fails
     verification is refused; its ``.prev`` is used if valid. ``meta_types``: meta entries that
-    must be counts (``int``: integers >= 0, such as ``"iteration"``) or finite numbers (``float``). Raises :class:`CheckpointError`
+    must be counts (``int``: integers >= 0, such as ``"iteration"``; a ``range``: counts in it) or
+    finite numbers (``float``). Raises :class:`CheckpointError`
     on every rank when neither can be used.
     """
     error = None

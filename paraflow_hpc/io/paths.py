@@ -23,12 +23,29 @@ import json
 import os
 import secrets
 import socket
+import stat
 
 from .checkpoint import MAGIC, TRAILER
 
 
+def special_file(path: str) -> str | None:
+    """What ``path`` is if it exists but is no regular file (a device, FIFO, socket): such a path
+    must never be opened (a FIFO blocks forever) or replaced (as root, ``--output /dev/null`` would
+    replace the device). Directories are reported by the callers in their own words. None if fine."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+
+
 def is_checkpoint(path: str) -> bool:
     """True for a paraflow_hpc checkpoint (it ends in the checkpoint trailer)."""
+    if special_file(path):
+        return False
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -158,6 +175,10 @@ def _probe(comm, directories: list[str]) -> str | None:
 
 def _check_on_root(cfg, lock: OutputLock) -> str | None:
     out, ck, restart = cfg.output, cfg.checkpoint, cfg.restart
+    for option, path in (("--output", out), ("--checkpoint", ck), ("--restart", restart)):
+        kind = special_file(path) if path else None
+        if kind:
+            return f"{option} {path!r} is {kind}, not a regular file; give a file name"
     if os.path.isdir(out):
         return f"--output {out!r} is a directory; give a file name such as {os.path.join(out, 'result.h5')!r}"
     if os.path.isdir(ck):

@@ -97,8 +97,12 @@ class CheckpointHook:
 
 def checkpoint_meta(cfg) -> dict:
     """Types of the meta entries a run reads back from its checkpoint: the iteration (written by
-    every hook) and what the method's config names in ``checkpoint_meta`` (e.g. PASO's ``t``)."""
-    return {"iteration": int, **getattr(cfg, "checkpoint_meta", {})}
+    every hook) and what the method's config names in ``checkpoint_meta`` (e.g. PASO's ``t``);
+    ``checkpoint_limits()`` of the config bounds counts (a ``range``): a checkpoint claiming more
+    iterations than this run can reach is refused."""
+    types = {"iteration": int, **getattr(cfg, "checkpoint_meta", {})}
+    limits = cfg.checkpoint_limits() if hasattr(cfg, "checkpoint_limits") else {}
+    return {**types, **{key: range(0, top + 1) for key, top in limits.items()}}
 
 
 # --- the problem of a run: one door (problems.contract.load_problem) for built-ins and users' ---

@@ -86,6 +86,10 @@ class Config(RunConfig):
         """The data set (``--data`` or the problem), loaded and checked once."""
         return configured_problem(self, "dataset", n_samples=self.samples, seed=self.seed)
 
+    def checkpoint_limits(self) -> dict:
+        """Counts a checkpoint of this run can hold: iterations up to its limit."""
+        return {"iteration": self.iterations}
+
     def identity(self) -> dict:
         """The options that define the iterates: a checkpoint must match them to be resumed."""
         keys = ("problem", "problem_args", "data", "samples", "seed", "depth", "width", "final_time", "scheme",

@@ -72,6 +72,10 @@ class Config(RunConfig):
         require(self.tol >= 0, f"tol = {self.tol}: must be >= 0")
         require(self.max_iter >= 1, f"max_iter = {self.max_iter}: must be >= 1")
 
+    def checkpoint_limits(self) -> dict:
+        """Counts a checkpoint of this run can hold: cycles up to its limit."""
+        return {"iteration": self.max_iter}
+
     def checkpoint_spec(self, rank, nranks: int) -> dict:
         """The arrays a checkpoint of this run holds: rank ``rank``'s level-0 points (a ghost and its
         block, :class:`~paraflow_hpc.algorithms.mgrit.MgritState`), or the shared histories."""

@@ -69,6 +69,10 @@ class Config(RunConfig):
                 "fine_rtol", "fine_atol", "tol", "stop", "norm", "relative", "k_max", "reference")
         return {key: getattr(self, key) for key in keys}
 
+    def checkpoint_limits(self) -> dict:
+        """Counts a checkpoint of this run can hold: iterations up to its limit."""
+        return {"iteration": min(self.k_max or self.intervals, self.intervals)}
+
     def checkpoint_spec(self, rank, nranks: int) -> dict:
         """The arrays a checkpoint of this run holds: rank ``rank``'s block (m subintervals) of
         values of the problem's shape d, or the shared histories (``rank == "root"``)."""

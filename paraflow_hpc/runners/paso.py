@@ -73,6 +73,10 @@ class Config(RunConfig):
 
     checkpoint_meta = {"t": int, "delta": float}   # read back on restart: the window start, δ
 
+    def checkpoint_limits(self) -> dict:
+        """Counts a checkpoint of this run can hold: at most T iterations and T accepted steps."""
+        return {"iteration": self.steps, "t": self.steps}
+
     def checkpoint_spec(self, rank, nranks: int) -> dict:
         """Names, dimensions and dtype kinds of the arrays a checkpoint of this run holds (the
         sizes depend on the model, so only the number of dimensions is fixed)."""

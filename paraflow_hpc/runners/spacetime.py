@@ -94,6 +94,10 @@ class Config(RunConfig):
                 "tol", "k_max", "reference", "space_ranks")
         return {**{key: getattr(self, key) for key in keys}, **self.resolved()}
 
+    def checkpoint_limits(self) -> dict:
+        """Counts a checkpoint of this run can hold: iterations up to its limit."""
+        return {"iteration": min(self.k_max or self.intervals, self.intervals)}
+
     def checkpoint_spec(self, rank, nranks: int) -> dict:
         """The arrays a checkpoint holds: world rank ``rank``'s pieces of the m + 1 boundaries and
         the m values of G and F of its time group's block (local grid size: any), or the shared
