@@ -22,7 +22,7 @@ from ..config import RunConfig, option, require
 from ..io.results import write_result
 from .common import EXIT_PREEMPTED, CheckpointHook, configured_problem, problem_args_option, problem_option
 
-EXIT_FAILED = 1     # no step size below the spacing of numbers was accepted: the message says why
+EXIT_FAILED = 4     # unconverged, as every method: no step size above the spacing of numbers was accepted
 EXIT_BAD_INPUT = 2  # as the CLI's: f fails or has the wrong shape at (t0, y0)
 # A non-finite solution raises NonFiniteError: the CLI names the step and exits with 4.
 HISTORY = ("picard", "newton", "error_norm", "h")
