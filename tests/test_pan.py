@@ -397,7 +397,7 @@ def test_finite_difference_jacobians_give_the_same_solution_within_the_tolerance
 
 @pytest.mark.parametrize("overrides, message", [
     ({"tols": "0"}, "need 0 < tol < 1"), ({"n_coeffs": "2"}, "n_coeffs = 2: need an integer >= 3"),
-    ({"problems": "spiral,nope"}, "'nope' is unknown"), ({"petsc": "-snes_max_it=1"}, "PETSc takes"),
+    ({"problems": "spiral,nope"}, "problem = 'nope' is not allowed"), ({"petsc": "-snes_max_it=1"}, "PETSc takes"),
     ({"tf": "-1"}, "tf = -1.0: need tf >= 0")])
 def test_bench_options_go_through_the_same_checks(overrides, message):
     from paraflow_hpc.bench.pan import Config
