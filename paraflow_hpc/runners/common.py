@@ -13,7 +13,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..comm import NonFiniteError, StopRequest
-from ..config import option
+from ..config import option, require
 from ..io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..io.datafile import read_data, split_off_test
 from ..problems.contract import METHODS, load_problem
@@ -140,3 +140,12 @@ def configured_problem(cfg, kind: str, **context):
     problem = load_problem(cfg.problem, kind, cfg.problem_args, data=data, **context)
     cfg.__dict__["_problem"] = (key, problem)
     return problem
+
+
+def time_span(cfg, problem) -> tuple[float, float]:
+    """(t0, tf) of an ODE run: ``cfg.t0``/``cfg.tf`` where given, else the problem's;
+    ConfigError unless tf > t0."""
+    t0 = problem.t0 if cfg.t0 is None else cfg.t0
+    tf = problem.tf if cfg.tf is None else cfg.tf
+    require(tf > t0, f"tf = {tf} must be greater than t0 = {t0}")
+    return t0, tf

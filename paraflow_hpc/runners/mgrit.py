@@ -14,7 +14,8 @@ from ..comm import EXIT_NON_FINITE, NonFiniteError, Progress, Timers, block_part
 from ..config import ConfigError, RunConfig, option, require
 from ..io.results import write_result
 from ..propagators import make_propagator
-from .common import EXIT_PREEMPTED, CheckpointHook, configured_problem, problem_args_option, problem_option
+from .common import (EXIT_PREEMPTED, CheckpointHook, configured_problem, problem_args_option, problem_option,
+                     time_span)
 
 
 def per_level(values: list[int], count: int, name: str) -> list[int]:
@@ -52,9 +53,7 @@ class Config(RunConfig):
     def validate(self, comm_size: int) -> None:
         super().validate(comm_size)
         problem = configured_problem(self, "ode")
-        t0 = problem.t0 if self.t0 is None else self.t0
-        tf = problem.tf if self.tf is None else self.tf
-        require(tf > t0, f"tf = {tf} must be greater than t0 = {t0}")
+        time_span(self, problem)
         require(self.levels >= 2, f"levels = {self.levels}: must be >= 2 (two levels with F-relaxation is Parareal)")
         require(self.intervals >= comm_size,
                 f"intervals = {self.intervals} is smaller than the {comm_size} MPI ranks; "
@@ -95,8 +94,7 @@ class Config(RunConfig):
 def main(cfg: Config, comm) -> int:
     progress = Progress(comm, cfg.quiet)
     problem = configured_problem(cfg, "ode")
-    t0 = problem.t0 if cfg.t0 is None else cfg.t0
-    tf = problem.tf if cfg.tf is None else cfg.tf
+    t0, tf = time_span(cfg, problem)
     times = subinterval_bounds(t0, tf, cfg.intervals)
     factors = per_level(cfg.coarsening, cfg.levels - 1, "coarsening")
     phis = [make_propagator(cfg.propagator, problem.f, s) for s in per_level(cfg.steps, cfg.levels, "steps")]
