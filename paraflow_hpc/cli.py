@@ -129,7 +129,8 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
         if cfg.restart:   # refuse a checkpoint that cannot be resumed before any expensive work
             identity = cfg.identity() if hasattr(cfg, "identity") else {}
             verify_checkpoint(comm, cfg.restart, cfg.method, identity, getattr(cfg, "checkpoint_spec", None),
-                              meta_types=checkpoint_meta(cfg), nranks=getattr(cfg, "checkpoint_ranks", None))
+                              meta_types=checkpoint_meta(cfg), nranks=getattr(cfg, "checkpoint_ranks", None),
+                              fields=cfg.checkpoint_fields() if hasattr(cfg, "checkpoint_fields") else None)
     except (ConfigError, CheckpointError) as err:
         if lock is not None:
             lock.release()

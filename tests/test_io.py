@@ -23,6 +23,18 @@ def test_blocks_of_a_large_state(tmp_path, nranks):
     assert "io-ok" in result.stdout
 
 
+@pytest.mark.mpi
+@pytest.mark.parametrize("writers,readers,extra", [(1, 3, []), (2, 1, []), (2, 4, []), (4, 3, ["40"]),
+                                                   (3, 2, ["40", "gathered"]), (2, 3, ["1000000", "gathered"])])
+def test_checkpoint_fields_are_read_back_by_any_layout(tmp_path, writers, readers, extra):
+    """A checkpoint of global fields: each rank writes its box (parallel HDF5, or sent to rank 0),
+    another number of ranks reads its own boxes; wrong field shapes and per-rank files refused."""
+    written = run_script(writers, "checkpoint_fields.py", tmp_path, "write", *extra, timeout=120)
+    assert "written" in written.stdout
+    read = run_script(readers, "checkpoint_fields.py", tmp_path, "read", *extra, timeout=120)
+    assert "read-ok" in read.stdout
+
+
 def test_parallel_hdf5_is_available():
     """What a user's plain `python` gets once paraflow_hpc is imported (no launcher variables)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("H5PY", "OMPI", "PMIX"))}

@@ -1,7 +1,9 @@
 """Atomic, verified HDF5 checkpoints of a distributed state of any size.
 
 Layout: ``/root/<name>`` arrays shared by all ranks, ``/rank_<r>/<name>`` each rank's own
-arrays, and attributes ``schema_version``, ``kind`` (the method), ``nranks`` and ``meta``
+arrays (read back by the same number of ranks) or, instead, ``/fields/<name>`` global arrays
+of which every rank wrote its box (a distributed field, read back by any process layout), and
+attributes ``schema_version``, ``kind`` (the method), ``nranks`` and ``meta``
 (JSON). Only numeric arrays and JSON are stored, never pickles. After the HDF5 image comes a
 fixed-size trailer (HDF5 ignores bytes past its end of file): a magic string, the image's
 length and the SHA-256 of the image. On load rank 0 hashes the raw bytes and compares them with
@@ -11,7 +13,8 @@ expectations before reading any data; any failure refuses that file and ``<file>
 
 State of any size: no array is pickled. Each rank sends its arrays to rank 0 as numpy buffers
 in blocks of at most :data:`CHUNK_BYTES` (MPI counts are ``int``: a single message above 2 GiB
-fails), and rank 0 writes each block into its dataset; loading sends the blocks back.
+fails), and rank 0 writes each block into its dataset; loading sends the blocks back. Fields
+go through parallel HDF5 (:mod:`.boxes`): each rank writes and reads its own box.
 
 Rank 0 writes a temporary file next to the target, fsyncs it, keeps the previous checkpoint as
 ``<file>.prev``, renames the new one into place and fsyncs the directory: an interrupted write
@@ -32,6 +35,7 @@ import h5py
 import numpy as np
 
 from ..comm import AgreedError, collective
+from .boxes import parallel_hdf5_available, read_parallel, read_scattered, write_gathered, write_parallel
 from .schema import SchemaError, check_tree, int_attr, text_attr
 
 SCHEMA_VERSION = 2
@@ -130,19 +134,33 @@ def _image_digest(fh, length: int) -> str:
 
 
 def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[str, np.ndarray],
-                    root_arrays: dict[str, np.ndarray] | None = None) -> None:
-    """Collective: every rank passes its own numeric arrays (any size); rank 0 writes one file
+                    root_arrays: dict[str, np.ndarray] | None = None, fields: dict | None = None) -> None:
+    """Collective: every rank passes its own numeric arrays (any size); one file is written
     atomically. Raises :class:`CheckpointError` on every rank if it cannot be written (the
-    previous checkpoint is kept); ``TypeError`` for a non-numeric array."""
+    previous checkpoint is kept); ``TypeError`` for a non-numeric array.
+
+    ``fields``: ``{name: (shape, offset, box)}``, this rank's box of a global array of ``shape``
+    (a distributed field: the boxes of all ranks tile it, see :mod:`.boxes`), stored as
+    ``/fields/<name>``. Such a checkpoint holds no per-rank arrays (``rank_arrays`` must be empty),
+    so any process layout can read it back (:func:`load_checkpoint` with ``fields``). With parallel
+    HDF5 and more than one rank every rank writes its own box (h5py's mpio driver); otherwise the
+    boxes are sent to rank 0. Rank 0 then appends the checksum trailer and renames the file.
+    """
     error = None
     with collective(comm, f"writing checkpoint {path}"):   # a TypeError on one rank ends all ranks
         mine = {k: _numeric(k, v) for k, v in rank_arrays.items()}
+        boxes = {k: (tuple(int(n) for n in shape), tuple(int(o) for o in offset), _numeric(k, box))
+                 for k, (shape, offset, box) in (fields or {}).items()}
+        if boxes and mine:
+            raise ValueError("a checkpoint with fields holds no per-rank arrays: pass rank_arrays={}")
         shared = {k: _numeric(k, v) for k, v in (root_arrays or {}).items()} if comm.rank == 0 else {}
         layouts = comm.gather(_describe(mine), root=0)
-        tmp = f"{path}.partial-{os.getpid()}"
+        tmp = f"{path}.partial-{comm.bcast(os.getpid(), root=0)}"
+        parallel = bool(boxes) and comm.size > 1 and parallel_hdf5_available()
         f = None
         if comm.rank == 0:
             need = sum(math.prod(shape) * np.dtype(dt).itemsize for lay in layouts for _, dt, shape in lay)
+            need += sum(math.prod(shape) * box.itemsize for shape, _, box in boxes.values())
             need += sum(a.nbytes for a in shared.values()) + SPACE_MARGIN
             try:
                 directory = os.path.dirname(os.path.abspath(path))
@@ -151,18 +169,27 @@ def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[st
                 free = shutil.disk_usage(directory).free
                 if free < need:   # HDF5 1.10 may crash rather than fail when the disk fills up
                     raise OSError(f"{need} bytes needed, {free} free on that file system")
-                f = h5py.File(tmp, "w")
-                f.attrs["schema_version"] = SCHEMA_VERSION
-                f.attrs["kind"] = kind
-                f.attrs["nranks"] = comm.size
-                f.attrs["meta"] = json.dumps(meta, sort_keys=True)
-                g = f.create_group("root")
-                for name, arr in shared.items():
-                    g.create_dataset(name, data=arr)
+                if not parallel:
+                    f = h5py.File(tmp, "w")
+                    _write_header(f, kind, comm.size, meta, shared, write=True)
             except OSError as err:
                 error = f"could not write checkpoint {path!r}: {err}; the previous checkpoint is kept"
         error = comm.bcast(error, root=0)
-        if error is None:
+        if error is None and parallel:
+            # every rank creates the same objects (collective metadata); rank 0 writes /root's data
+            meta, described = comm.bcast((meta, _describe(shared)) if comm.rank == 0 else None, root=0)
+            if comm.rank != 0:
+                shared = {name: np.broadcast_to(np.zeros((), dtype=dt), shape) for name, dt, shape in described}
+            with h5py.File(tmp, "w", driver="mpio", comm=comm) as pf:
+                _write_header(pf, kind, comm.size, meta, shared, write=comm.rank == 0)
+                write_parallel(pf.create_group("fields"), comm, boxes, CHUNK_BYTES)
+            comm.Barrier()   # every rank's box is in the file before rank 0 seals it
+        elif error is None and boxes:
+            try:
+                write_gathered(f.create_group("fields") if comm.rank == 0 else None, comm, boxes, CHUNK_BYTES)
+            except OSError as err:   # rank 0's write failed; the others have sent everything
+                error = f"could not write checkpoint {path!r}: {err}; the previous checkpoint is kept"
+        elif error is None:
             for r in range(comm.size):
                 arrays = mine if r == comm.rank else None
                 layout = layouts[r] if comm.rank == 0 else None
@@ -186,14 +213,15 @@ def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[st
                     for name, arr in arrays.items():
                         for rows in _blocks(arr.shape, arr.itemsize):
                             _send(comm, arr if rows is None else np.ascontiguousarray(arr[rows]), 0)
-            if comm.rank == 0:
-                try:
+        error = comm.bcast(error, root=0)
+        if comm.rank == 0 and error is None:
+            try:
+                if f is not None:
                     f.close()
                     f = None
-                    if error is None:
-                        _seal(tmp, path)
-                except OSError as err:
-                    error = f"could not write checkpoint {path!r}: {err}; the previous checkpoint is kept"
+                _seal(tmp, path)
+            except OSError as err:
+                error = f"could not write checkpoint {path!r}: {err}; the previous checkpoint is kept"
         if comm.rank == 0:
             if f is not None:
                 f.close()
@@ -202,6 +230,19 @@ def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[st
         error = comm.bcast(error, root=0)
     if error:
         raise CheckpointError(error)
+
+
+def _write_header(f, kind: str, nranks: int, meta: dict, shared: dict, write: bool) -> None:
+    """Attributes and the /root arrays (their data only where ``write``)."""
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["kind"] = kind
+    f.attrs["nranks"] = nranks
+    f.attrs["meta"] = json.dumps(meta, sort_keys=True)
+    g = f.create_group("root")
+    for name, arr in shared.items():
+        ds = g.create_dataset(name, shape=arr.shape, dtype=arr.dtype)
+        if write and arr.size:
+            ds[...] = arr
 
 
 def _seal(tmp: str, path: str) -> None:
@@ -228,13 +269,14 @@ class _Opened:
 
     def __init__(self, fh, f, meta, layouts):
         self.fh, self.f, self.meta, self.layouts = fh, f, meta, layouts
+        self.path = None   # which candidate (the file or its .prev), set when chosen
 
     def close(self):
         self.f.close()
         self.fh.close()
 
 
-def _open_verified(path: str, kind: str, nranks: int, expect: dict, spec, meta_types=None) -> _Opened:
+def _open_verified(path: str, kind: str, nranks: int, expect: dict, spec, meta_types=None, fields=None) -> _Opened:
     """Opens ``path`` after checking its raw bytes, structure and identity; CheckpointError if not."""
     fh = open(path, "rb")
     f = None
@@ -252,7 +294,7 @@ def _open_verified(path: str, kind: str, nranks: int, expect: dict, spec, meta_t
         fh.seek(0)
         try:
             f = h5py.File(fh, "r")
-            layouts, meta = _check_structure(f, size, path, kind, nranks, expect, spec, meta_types)
+            layouts, meta = _check_structure(f, size, path, kind, nranks, expect, spec, meta_types, fields)
         except CheckpointError:
             raise
         except SchemaError as err:
@@ -267,7 +309,7 @@ def _open_verified(path: str, kind: str, nranks: int, expect: dict, spec, meta_t
         raise
 
 
-def _check_structure(f, size, path, kind, nranks, expect, spec, meta_types):
+def _check_structure(f, size, path, kind, nranks, expect, spec, meta_types, fields=None):
     version = int_attr(f.attrs, "schema_version")
     if version != SCHEMA_VERSION:
         raise CheckpointError(f"checkpoint {path!r} has schema version {version}, "
@@ -283,7 +325,7 @@ def _check_structure(f, size, path, kind, nranks, expect, spec, meta_types):
         raise SchemaError("attribute /@meta is not a JSON object")
     if file_kind != kind:
         raise CheckpointError(f"checkpoint {path!r} is from method {file_kind!r}, not {kind!r}")
-    if file_nranks != nranks:
+    if file_nranks != nranks and fields is None:   # fields: any layout reads its boxes
         raise CheckpointError(
             f"checkpoint {path!r} was written by {file_nranks} ranks; restart with "
             f"mpirun -n {file_nranks} (this run has {nranks})")
@@ -302,9 +344,15 @@ def _check_structure(f, size, path, kind, nranks, expect, spec, meta_types):
         if typ is float and (not isinstance(value, (int, float)) or isinstance(value, bool)
                              or not math.isfinite(value)):
             raise SchemaError(f"meta entry {key!r} = {value!r} is not a finite number")
-    groups = ["root"] + [f"rank_{r:05d}" for r in range(nranks)]
-    if sorted(f) != sorted(groups):
-        raise SchemaError(f"top-level objects {sorted(f)[:5]} are not /root and /rank_00000.. /rank_{nranks - 1:05d}")
+    if fields is not None:
+        if sorted(f) != ["fields", "root"]:
+            raise SchemaError(f"top-level objects {sorted(f)[:5]} are not /fields and /root")
+        _check_fields(f["fields"], datasets, fields)
+        groups = ["root"]
+    else:
+        groups = ["root"] + [f"rank_{r:05d}" for r in range(nranks)]
+        if sorted(f) != sorted(groups):
+            raise SchemaError(f"top-level objects {sorted(f)[:5]} are not /root and /rank_00000.. /rank_{nranks - 1:05d}")
     layouts = {}
     for index, group in enumerate(groups):
         if not isinstance(f[group], h5py.Group):
@@ -334,7 +382,25 @@ def _check_structure(f, size, path, kind, nranks, expect, spec, meta_types):
     return layouts, meta
 
 
-def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types, nranks=None, warn=True):
+def _check_fields(group, datasets: dict, fields: dict) -> None:
+    """/fields holds exactly the global arrays ``fields`` ``{name: (shape, kinds)}`` names."""
+    if not isinstance(group, h5py.Group):
+        raise SchemaError("/fields is not a group")
+    if sorted(group) != sorted(fields):
+        raise SchemaError(f"/fields holds {sorted(group)}, this run expects {sorted(fields)}")
+    for name, (shape, kinds) in fields.items():
+        ds = datasets.get(f"fields/{name}")
+        if ds is None:
+            raise SchemaError(f"/fields/{name} is not a dataset")
+        if ds.shape != tuple(shape):
+            raise SchemaError(f"/fields/{name} has shape {ds.shape}, this run expects {tuple(shape)}")
+        if ds.dtype.kind not in kinds:
+            raise SchemaError(f"/fields/{name} has dtype {ds.dtype}, this run expects "
+                              + {"f": "floats", "i": "integers", "c": "complex numbers"}.get(kinds, kinds))
+
+
+def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types, nranks=None, warn=True,
+                    fields=None):
     """Rank 0: the first usable candidate of (path, path.prev) opened, or None and the error."""
     notes = []
     for candidate in (path, path + ".prev"):
@@ -345,7 +411,7 @@ def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types, 
             notes.append(f"checkpoint {candidate!r} is not a regular file")
             continue
         try:
-            opened = _open_verified(candidate, kind, nranks or comm.size, expect, spec, meta_types)
+            opened = _open_verified(candidate, kind, nranks or comm.size, expect, spec, meta_types, fields)
         except CheckpointError as err:
             notes.append(str(err))
             continue
@@ -354,19 +420,22 @@ def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types, 
             continue
         if candidate != path and warn:   # said once, when the run loads it (not at the check up front)
             print(f"warning: {notes[-1]}; using the previous checkpoint {candidate!r}", flush=True)
+        opened.path = candidate
         return opened, None
     return None, notes[0] if len(notes) == 1 or "does not exist" in notes[1] else "; ".join(notes)
 
 
 def verify_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec=None,
-                      meta_types=None, nranks: int | None = None) -> None:
+                      meta_types=None, nranks: int | None = None, fields: dict | None = None) -> None:
     """Collective: raises :class:`CheckpointError` on every rank unless ``path`` (or its
     ``.prev``) can be resumed by this run; reads no array data. For a check up front.
-    ``nranks``: the ranks that will load it, if not all of ``comm`` (a sub-communicator)."""
+    ``nranks``: the ranks that will load it, if not all of ``comm`` (a sub-communicator);
+    ``fields``: as :func:`load_checkpoint`."""
     error = None
     with collective(comm, f"checking checkpoint {path}"):
         if comm.rank == 0:
-            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_types, nranks, warn=False)
+            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_types, nranks, warn=False,
+                                            fields=fields)
             if opened is not None:
                 opened.close()
         error = comm.bcast(error, root=0)
@@ -374,7 +443,8 @@ def verify_checkpoint(comm, path: str, kind: str, expect: dict | None = None, sp
         raise CheckpointError(error)
 
 
-def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec=None, meta_types=None):
+def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec=None, meta_types=None,
+                    fields: dict | None = None, boxes: dict | None = None):
     """Collective: rank 0 verifies; returns (meta, this rank's arrays, root arrays).
 
     ``expect`` holds meta entries that must match this run (problem, sizes ...). ``spec``,
@@ -386,25 +456,46 @@ def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec
     must be counts (``int``: integers >= 0, such as ``"iteration"``; a ``range``: counts in it) or
     finite numbers (``float``). Raises :class:`CheckpointError`
     on every rank when neither can be used.
+
+    ``fields``: ``{name: (shape, kinds)}``, the global arrays a checkpoint written with
+    ``fields`` must hold (exact shapes); it may come from any number of ranks. ``boxes``: this
+    rank's ``{name: (offset, shape)}`` to read from each (read with parallel HDF5 where h5py has
+    it, else sent by rank 0); they are "this rank's arrays" of the return value.
     """
     error = None
+    boxes = {k: (tuple(int(o) for o in off), tuple(int(n) for n in shp)) for k, (off, shp) in (boxes or {}).items()}
+    for name, (offset, shape) in boxes.items():
+        full = (fields or {}).get(name, (None,))[0]
+        if full is None or len(offset) != len(full) or len(shape) != len(full) or any(
+                o < 0 or n < 0 or o + n > m for o, n, m in zip(offset, shape, full)):
+            raise ValueError(f"box {name!r} at {offset} of shape {shape} is not inside the field {full}")
     with collective(comm, f"reading checkpoint {path}"):
         opened = None
         if comm.rank == 0:
-            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_types)
+            opened, error = _verify_on_root(comm, path, kind, expect or {}, spec, meta_types, fields=fields)
         error = comm.bcast(error, root=0)
         if error is None:
-            meta, layouts = comm.bcast((opened.meta, opened.layouts) if comm.rank == 0 else None, root=0)
+            meta, layouts, chosen = comm.bcast((opened.meta, opened.layouts, opened.path)
+                                               if comm.rank == 0 else None, root=0)
             try:
                 root = {}
                 for name, dt, shape in layouts["root"]:
                     root[name] = _transfer(comm, opened, "root", name, dt, shape, None)
                 mine = {}
-                for r in range(comm.size):
-                    for name, dt, shape in layouts[f"rank_{r:05d}"]:
-                        arr = _transfer(comm, opened, f"rank_{r:05d}", name, dt, shape, r)
-                        if comm.rank == r:
-                            mine[name] = arr
+                if fields is not None and comm.size > 1 and parallel_hdf5_available():
+                    if opened is not None:
+                        opened.close()   # verified; every rank opens it now
+                        opened = None
+                    with h5py.File(chosen, "r", driver="mpio", comm=comm) as pf:
+                        mine = read_parallel(pf["fields"], comm, boxes, CHUNK_BYTES)
+                elif fields is not None:
+                    mine = read_scattered(opened.f["fields"] if comm.rank == 0 else None, comm, boxes, CHUNK_BYTES)
+                else:
+                    for r in range(comm.size):
+                        for name, dt, shape in layouts[f"rank_{r:05d}"]:
+                            arr = _transfer(comm, opened, f"rank_{r:05d}", name, dt, shape, r)
+                            if comm.rank == r:
+                                mine[name] = arr
             finally:
                 if opened is not None:
                     opened.close()

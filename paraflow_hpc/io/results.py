@@ -30,12 +30,10 @@ import numpy as np
 from mpi4py import MPI
 
 from ..comm import allgather_per_rank, collective, mpi_library_version
+from . import boxes as _boxes
+from .boxes import parallel_hdf5_available, row_blocks
 
 CHUNK_BYTES = 64 * 2**20   # largest MPI message / MPI-IO write; a test lowers it to check the blocks
-
-
-def parallel_hdf5_available() -> bool:
-    return bool(h5py.get_config().mpi)
 
 
 def library_versions() -> dict[str, str]:
@@ -132,7 +130,7 @@ def write_result(comm, path: str, *, method: str, config: dict, history: dict | 
                 with collective(comm, f"writing result {path}"):
                     _write_layout(f, comm, meta, config, history, per_rank, solution, layout, data,
                                   own_rank=True)
-                    _write_boxes(f, comm, blocks)
+                    _boxes.write_parallel(f["solution"], comm, blocks, CHUNK_BYTES)
         else:
             _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout, data, blocks)
         comm.Barrier()
@@ -170,12 +168,6 @@ def _fsync_dir(path: str) -> None:
     _fsync_file(os.path.dirname(os.path.abspath(path)) or ".")
 
 
-def _row_blocks(n_rows: int, row_bytes: int) -> list[slice]:
-    """Row ranges of at most CHUNK_BYTES (at least one row): MPI-IO and MPI counts are ints."""
-    step = max(1, CHUNK_BYTES // max(row_bytes, 1))
-    return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
-
-
 def _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout, data, boxes) -> None:
     """Without parallel HDF5 (or on one rank): rank 0 writes the file, receiving every other
     rank's slices and boxes as numpy buffers in blocks of at most CHUNK_BYTES (no pickles, any
@@ -192,7 +184,7 @@ def _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout
             row_bytes = math.prod(arr.shape[1:]) * arr.itemsize
             start = 0
             for r, count in enumerate(counts):
-                for rows in _row_blocks(count, row_bytes):
+                for rows in row_blocks(count, row_bytes, CHUNK_BYTES):
                     if comm.rank == 0:
                         block = arr[rows] if r == 0 else np.empty((rows.stop - rows.start,) + arr.shape[1:],
                                                                   dtype=arr.dtype)
@@ -202,24 +194,7 @@ def _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout
                     elif comm.rank == r:
                         comm.Send(np.ascontiguousarray(arr[rows]).reshape(-1).view(np.uint8), dest=0, tag=11)
                 start += count
-        for name, (shape, offset, arr) in boxes.items():
-            places = comm.gather((offset, arr.shape), root=0)
-            if comm.rank == 0:
-                ds = sol.create_dataset(name, shape=shape, dtype=arr.dtype)
-            row_bytes = math.prod(arr.shape[1:]) * arr.itemsize
-            for r in range(comm.size):
-                if comm.rank == 0:
-                    r_offset, r_shape = places[r]
-                    for rows in _row_blocks(r_shape[0], row_bytes):
-                        if r == 0:
-                            block = arr[rows]
-                        else:
-                            block = np.empty((rows.stop - rows.start,) + tuple(r_shape[1:]), dtype=arr.dtype)
-                            comm.Recv(block.reshape(-1).view(np.uint8), source=r, tag=12)
-                        ds[_box(r_offset, block.shape, rows.start)] = block
-                elif comm.rank == r:
-                    for rows in _row_blocks(arr.shape[0], row_bytes):
-                        comm.Send(np.ascontiguousarray(arr[rows]).reshape(-1).view(np.uint8), dest=0, tag=12)
+        _boxes.write_gathered(sol if comm.rank == 0 else None, comm, boxes, CHUNK_BYTES)
     finally:
         if f is not None:
             f.close()
@@ -256,7 +231,7 @@ def _write_layout(f, comm, meta, config, history, per_rank, solution, layout, da
         ds = sol.create_dataset(name, shape=(sum(counts),) + arr.shape[1:], dtype=arr.dtype)
         start = sum(counts[:comm.rank])
         row_bytes = math.prod(arr.shape[1:]) * arr.itemsize
-        blocks = _row_blocks(arr.shape[0], row_bytes)
+        blocks = row_blocks(arr.shape[0], row_bytes, CHUNK_BYTES)
         # every rank makes the same number of collective writes; a rank out of rows writes nothing
         rounds = comm.allreduce(len(blocks), op=MPI.MAX)
         with ds.collective:
@@ -264,36 +239,4 @@ def _write_layout(f, comm, meta, config, history, per_rank, solution, layout, da
                 if i < len(blocks):
                     ds[start + blocks[i].start:start + blocks[i].stop] = arr[blocks[i]]
                 else:
-                    _empty_collective_write(ds)
-
-
-def _box(offset: tuple, shape: tuple, first_row: int = 0) -> tuple[slice, ...]:
-    """The index of a box of ``shape`` at ``offset``, its rows starting ``first_row`` further."""
-    start = (offset[0] + first_row,) + tuple(offset[1:])
-    return tuple(slice(o, o + n) for o, n in zip(start, shape))
-
-
-def _write_boxes(f, comm, boxes: dict) -> None:
-    """Parallel: each rank writes its box of every ``boxes`` array, collectively, in row blocks
-    of at most CHUNK_BYTES (every rank makes the same number of writes)."""
-    for name, (shape, offset, arr) in boxes.items():
-        ds = f["solution"].create_dataset(name, shape=shape, dtype=arr.dtype)
-        row_bytes = math.prod(arr.shape[1:]) * arr.itemsize
-        rows = _row_blocks(arr.shape[0], row_bytes)
-        rounds = comm.allreduce(len(rows), op=MPI.MAX)
-        with ds.collective:
-            for i in range(rounds):
-                if i < len(rows) and arr[rows[i]].size:
-                    ds[_box(offset, arr[rows[i]].shape, rows[i].start)] = arr[rows[i]]
-                else:
-                    _empty_collective_write(ds)
-
-
-def _empty_collective_write(ds) -> None:
-    """A rank that owns no rows still takes part in the collective write (h5py skips empty
-    selections, which would leave the other ranks waiting)."""
-    file_space = ds.id.get_space()
-    file_space.select_none()
-    memory_space = h5py.h5s.create_simple((1,))
-    memory_space.select_none()
-    ds.id.write(memory_space, file_space, np.zeros(1, dtype=ds.dtype), dxpl=ds._dxpl)
+                    _boxes.empty_collective(ds, write=True)

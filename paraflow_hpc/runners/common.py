@@ -45,13 +45,18 @@ class CheckpointHook:
         self.comm, self.kind, self.identity, self.fix = comm, kind, identity, fix
         self.path, self.every = cfg.checkpoint, cfg.checkpoint_every
         self.spec = getattr(cfg, "checkpoint_spec", None)   # names and shapes a checkpoint must hold
+        # global arrays (distributed fields) it holds instead of per-rank arrays: any layout reads them
+        self.fields = cfg.checkpoint_fields() if hasattr(cfg, "checkpoint_fields") else None
         self.meta_types = checkpoint_meta(cfg)
         self.stop = StopRequest.install()
         self.progress = progress
         self.written = 0
 
-    def __call__(self, iteration: int, rank_arrays, root_arrays=None, meta=None, finite: bool = True) -> bool:
-        """Collective. ``rank_arrays``/``root_arrays`` are callables, only evaluated when saving.
+    def __call__(self, iteration: int, rank_arrays, root_arrays=None, meta=None, finite: bool = True,
+                 fields=None) -> bool:
+        """Collective. ``rank_arrays``/``root_arrays``/``fields`` are callables, only evaluated when
+        saving; ``fields()`` gives this rank's boxes ``{name: (shape, offset, box)}`` of the
+        config's ``checkpoint_fields()`` (see :func:`~paraflow_hpc.io.checkpoint.save_checkpoint`).
 
         ``finite``: this rank's state is finite. If it is not on some rank, every rank raises
         :class:`NonFiniteError` naming ``iteration`` (and ``fix``) and nothing is written, so the last
@@ -65,15 +70,19 @@ class CheckpointHook:
         if stop or (self.every and iteration % self.every == 0):
             save_checkpoint(self.comm, self.path, self.kind, {**self.identity, **(meta or {}),
                                                               "iteration": iteration},
-                            rank_arrays(), root_arrays() if root_arrays else None)
+                            rank_arrays(), root_arrays() if root_arrays else None,
+                            fields() if fields else None)
             self.written += 1
             if self.progress:
                 self.progress(f"checkpoint after iteration {iteration} -> {self.path}" +
                               (f" (stop requested by {self.stop.signal_name or 'another rank'})" if stop else ""))
         return stop
 
-    def load(self, path: str):
-        return load_checkpoint(self.comm, path, self.kind, self.identity, self.spec, meta_types=self.meta_types)
+    def load(self, path: str, boxes: dict | None = None):
+        """Collective: (meta, this rank's arrays, root arrays); ``boxes`` ``{name: (offset, shape)}``:
+        this rank's pieces of the fields, for a config with ``checkpoint_fields``."""
+        return load_checkpoint(self.comm, path, self.kind, self.identity, self.spec, meta_types=self.meta_types,
+                               fields=self.fields, boxes=boxes)
 
     def restore(self, path: str, build):
         """Collective: :meth:`load`, then ``build(meta, arrays, root)`` into the method's state.

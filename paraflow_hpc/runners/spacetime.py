@@ -5,8 +5,10 @@ state is a DMDA Vec spread over S ranks (process grid ``process_grid(S)``); G an
 solvers configured from ``--petsc "-coarse_ts_type cn -fine_ksp_type cg ..."`` (prefixes
 ``coarse_`` and ``fine_``; options nobody read are reported at the end, as ``-options_left`` does).
 The boundary states go to ``/solution/u`` (N, ny, nx), each rank writing its own box through
-parallel HDF5. Checkpoints restart bit-identically on the (P, S) layout that wrote them; another
-layout is refused by the CLI's checkpoint verification (exit 2, before any work). A failed TS
+parallel HDF5. Checkpoints hold the global fields (boundaries, G and F values: (N + 1 or N, ny, nx)),
+each rank writing and reading its own box through parallel HDF5, so a run restarts on any (P, S)
+layout: bit-identically on the one that wrote it, and on another one with the same iterates up to
+the round-off of its other space decomposition (the redistribution is the reading). A failed TS
 solve or a non-finite update ends the run with NonFiniteError (exit 4) naming the first failure.
 """
 from __future__ import annotations
@@ -87,11 +89,10 @@ class Config(RunConfig):
                 "tf": problem.tf if self.tf is None else self.tf, "ny": self.ny or self.nx}
 
     def identity(self) -> dict:
-        """What a checkpoint must match to be resumed: the options that define the solution, and
-        the layout (space_ranks; the world size is checked as the checkpoint's rank count), since
-        each rank's pieces of the states are stored as they are distributed."""
+        """What a checkpoint must match to be resumed: the options that define the solution. Not the
+        layout: the checkpoint holds global fields that every layout reads its boxes of."""
         keys = ("problem", "nx", "intervals", "coarse", "coarse_steps", "fine", "fine_steps", "petsc",
-                "tol", "k_max", "reference", "space_ranks")
+                "tol", "k_max", "reference")
         return {**{key: getattr(self, key) for key in keys}, **self.resolved()}
 
     def checkpoint_limits(self) -> dict:
@@ -99,14 +100,15 @@ class Config(RunConfig):
         return {"iteration": min(self.k_max or self.intervals, self.intervals)}
 
     def checkpoint_spec(self, rank, nranks: int) -> dict:
-        """The arrays a checkpoint holds: world rank ``rank``'s pieces of the m + 1 boundaries and
-        the m values of G and F of its time group's block (local grid size: any), or the shared
-        histories (``rank == "root"``)."""
-        if rank == "root":
-            return {"jumps": ((None,), "f"), "errors": ((None,), "f")}
-        a, b = block_partition(self.intervals, nranks // self.space_ranks, rank // self.space_ranks)
-        return {"boundaries": ((b - a + 1, None), "f"), "coarse_old": ((b - a, None), "f"),
-                "fine": ((b - a, None), "f")}
+        """The shared arrays a checkpoint holds (``rank == "root"``): the histories of the update
+        norm and the error; no per-rank arrays (the state is in :meth:`checkpoint_fields`)."""
+        return {"jumps": ((None,), "f"), "errors": ((None,), "f")} if rank == "root" else {}
+
+    def checkpoint_fields(self) -> dict:
+        """The global fields a checkpoint holds, ``{name: (shape, dtype kinds)}``: the boundary
+        states U_0 .. U_N and the latest G and F values of the N subintervals on the ny x nx grid."""
+        n, grid = self.intervals, (self.ny or self.nx, self.nx)
+        return {"boundaries": ((n + 1, *grid), "f"), "coarse_old": ((n, *grid), "f"), "fine": ((n, *grid), "f")}
 
 
 def layout_of(comm, space_ranks: int) -> dict:
@@ -172,17 +174,34 @@ def main(cfg: Config, comm) -> int:
 
     hook = CheckpointHook(comm, cfg, "spacetime", cfg.identity(), progress)
     a, b = block_partition(cfg.intervals, comm_time.size, comm_time.rank)
+    ny_loc, nx_loc = problem.block_shape
     resume = None
-    if cfg.restart:  # verified by the CLI: same options, world size and space_ranks
-        meta, arrays, root = hook.load(cfg.restart)
+    if cfg.restart:  # verified by the CLI: same options, any layout
+        boxes = {name: ((a, problem.ys, problem.xs), (b - a + (name == "boundaries"), ny_loc, nx_loc))
+                 for name in ("boundaries", "coarse_old", "fine")}
+        meta, arrays, root = hook.load(cfg.restart, boxes)
         resume = new_state(int(meta["iteration"]), u0, b - a)
-        resume.load_arrays(arrays)
+        resume.load_arrays({name: box.reshape(len(box), -1) for name, box in arrays.items()})
         resume.jumps, resume.errors = list(root["jumps"]), list(root["errors"])
-        progress(f"restarting from {cfg.restart} after iteration {resume.k}")
+        written = {key: meta.get(key) for key in ("time_groups", "space_ranks", "process_grid")}
+        progress(f"restarting from {cfg.restart} after iteration {resume.k}" +
+                 ("" if written == {k: layout[k] for k in written} else
+                  f" (written on {_describe(written)}, read into this layout)"))
+
+    def fields(state) -> dict:
+        """This rank's boxes of the checkpoint's global fields: U_a .. U_b (U_a only in the first time
+        group: the others' U_a is the previous group's U_b, written once), G and F of [a, b)."""
+        grid = (r["ny"], cfg.nx)
+        out = {}
+        for name, arr in state.local_arrays().items():
+            skip = int(name == "boundaries" and comm_time.rank > 0)
+            out[name] = ((cfg.intervals + (name == "boundaries"), *grid), (a + skip, problem.ys, problem.xs),
+                         arr[skip:].reshape(-1, ny_loc, nx_loc))
+        return out
 
     def after_iteration(state) -> bool:
-        return hook(state.k, state.local_arrays,
-                    lambda: {"jumps": np.array(state.jumps), "errors": np.array(state.errors)}, meta=layout)
+        return hook(state.k, lambda: {}, lambda: {"jumps": np.array(state.jumps), "errors": np.array(state.errors)},
+                    meta=layout, fields=lambda: fields(state))
 
     comm.Barrier()
     run_timers = Timers()
@@ -214,7 +233,6 @@ def main(cfg: Config, comm) -> int:
         radius = comm.bcast(problem.radius(result.boundaries[-1]) if comm_time.rank == last else None,
                             root=last * cfg.space_ranks)
         attrs.update(radius=radius, sharp_interface_radius=problem.sharp_interface_radius(r["tf"]))
-    ny_loc, nx_loc = problem.block_shape
     field = np.array([u.getArray(readonly=True).reshape(ny_loc, nx_loc) for u in result.boundaries])
     field = field.reshape(b - a, ny_loc, nx_loc)
     counters = {**coarse.counters(), **fine.counters(), "ifunction_evaluations": problem.nfev,
