@@ -32,7 +32,8 @@ def verified(path, nranks):
     """The checkpoint at ``path`` passes every check of a restart (checksum, schema); its meta."""
     with h5py.File(path, "r") as f:
         kind = str(f.attrs["kind"])
-    opened = checkpoint._open_verified(str(path), kind, nranks, {}, None)
+        fields = {n: (f["fields"][n].shape, "f") for n in f["fields"]} if "fields" in f else None
+    opened = checkpoint._open_verified(str(path), kind, nranks, {}, None, fields=fields)
     try:
         groups = {g: {n: opened.f[g][n][()] for n in opened.f[g]} for g in opened.f}
         return opened.meta, groups
@@ -60,6 +61,28 @@ def test_exception_on_one_rank_aborts_all(tmp_path, nranks, where, rank, extra):
     if where == "checkpoint_write":   # the first checkpoint was written, the second failed: the first holds
         meta, _ = verified(ck, nranks)
         assert meta["iteration"] == 1
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nranks, space_ranks, rank", [(2, 1, 1), (2, 2, 0), (4, 2, 3)])
+def test_exception_on_one_rank_in_a_parallel_field_checkpoint_aborts_all(tmp_path, nranks, space_ranks, rank):
+    """Space-time checkpoints are written and read by every rank (parallel HDF5): one rank failing
+    inside them aborts all with its message once, and the last complete checkpoint survives."""
+    ck = tmp_path / "ck.h5"
+    args = ["run", "spacetime", "--problem", "heat2d", "--nx", "6", "--intervals", "4", "--tol", "0",
+            "--space-ranks", str(space_ranks), "--checkpoint-every", "1", "--checkpoint", ck]
+    proc = run_script(nranks, "fail_on_one_rank.py", "fields_write", rank, "--", *args,
+                      "--output", tmp_path / "a.h5", timeout=120, check=False)
+    assert proc.returncode != 0 and not (tmp_path / "a.h5").exists()
+    assert proc.stderr.count(f"error: rank {rank} of {nranks} failed during writing checkpoint") == 1, proc.stderr
+    assert "injected: field write fails" in proc.stderr
+    meta, groups = verified(ck, nranks)   # the first checkpoint, complete
+    assert meta["iteration"] == 1 and groups["fields"]["boundaries"].shape == (5, 6, 6)
+    proc = run_script(nranks, "fail_on_one_rank.py", "fields_read", rank, "--", *args, "--restart", ck,
+                      "--output", tmp_path / "b.h5", timeout=120, check=False)
+    assert proc.returncode != 0 and not (tmp_path / "b.h5").exists()
+    assert proc.stderr.count(f"error: rank {rank} of {nranks} failed during reading checkpoint") == 1, proc.stderr
+    assert "injected: field read fails" in proc.stderr
 
 
 @pytest.mark.mpi

@@ -156,6 +156,15 @@ def test_restart_is_bit_identical_and_any_layout_reads_the_checkpoint(tmp_path):
         np.testing.assert_allclose(other["u"], full["u"], rtol=0, atol=1e-13 * scale)
         np.testing.assert_array_equal(other["update"][:5], full["update"][:5])
         np.testing.assert_allclose(other["update"][5:], full["update"][5:], rtol=1e-9)
+    # a damaged newest checkpoint: the previous one (after iteration 2) is read into another layout
+    with open(tmp_path / "ck.h5", "r+b") as fh:
+        fh.truncate(fh.seek(0, 2) // 2)
+    other, proc = run_st(tmp_path, (1, 2), [*args, "--restart", str(tmp_path / "ck.h5"), "--checkpoint",
+                                            str(tmp_path / "ck-prev.h5")], "restarted-prev")
+    assert "using the previous checkpoint" in proc.stdout + proc.stderr
+    assert other["iterations"] == 6
+    np.testing.assert_allclose(other["u"], full["u"], rtol=0, atol=1e-13 * scale)
+    np.testing.assert_array_equal(other["update"][:3], full["update"][:3])
     # another problem size is refused before any work, naming the option
     _expect_bad_input(4, ["--space-ranks", "2", *args, "--nx", "8", "--restart", str(tmp_path / "ck.h5")],
                       "has nx = 6, this run has 8", tmp_path)

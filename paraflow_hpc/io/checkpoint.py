@@ -181,8 +181,10 @@ def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[st
             if comm.rank != 0:
                 shared = {name: np.broadcast_to(np.zeros((), dtype=dt), shape) for name, dt, shape in described}
             with h5py.File(tmp, "w", driver="mpio", comm=comm) as pf:
-                _write_header(pf, kind, comm.size, meta, shared, write=comm.rank == 0)
-                write_parallel(pf.create_group("fields"), comm, boxes, CHUNK_BYTES)
+                # guarded inside the file: closing it is collective, so a rank that raised would wait there
+                with collective(comm, f"writing checkpoint {path}"):
+                    _write_header(pf, kind, comm.size, meta, shared, write=comm.rank == 0)
+                    write_parallel(pf.create_group("fields"), comm, boxes, CHUNK_BYTES)
             comm.Barrier()   # every rank's box is in the file before rank 0 seals it
         elif error is None and boxes:
             try:
@@ -487,7 +489,8 @@ def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec
                         opened.close()   # verified; every rank opens it now
                         opened = None
                     with h5py.File(chosen, "r", driver="mpio", comm=comm) as pf:
-                        mine = read_parallel(pf["fields"], comm, boxes, CHUNK_BYTES)
+                        with collective(comm, f"reading checkpoint {path}"):   # closing is collective
+                            mine = read_parallel(pf["fields"], comm, boxes, CHUNK_BYTES)
                 elif fields is not None:
                     mine = read_scattered(opened.f["fields"] if comm.rank == 0 else None, comm, boxes, CHUNK_BYTES)
                 else:

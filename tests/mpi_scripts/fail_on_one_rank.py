@@ -4,6 +4,9 @@ Usage: fail_on_one_rank.py WHERE RANK -- CLI ARGS. WHERE is one of
   checkpoint_write   the second checkpoint write raises (on rank 0, which writes; the others wait)
   checkpoint_read    reading the restart checkpoint raises (rank 0 reads; the others wait): the
                      CLI's check up front (verify_checkpoint) passes, the load's open raises
+  fields_write       on RANK, writing its boxes of the second checkpoint of global fields raises
+                     (space-time: the other ranks are inside collective parallel-HDF5 writes)
+  fields_read        on RANK, reading its boxes of the restart checkpoint's fields raises
   result_write       writing a dataset of the parallel HDF5 result raises OSError on RANK
   first_evaluation   on RANK, the method's first call of its user-level callable raises: the
                      right-hand side (Parareal), the loss gradient (ParaFlow), the window
@@ -48,6 +51,10 @@ if where == "checkpoint_write" and me == rank:
     checkpoint._seal = failing(checkpoint._seal, 1, RuntimeError("injected: checkpoint write fails"))
 elif where == "checkpoint_read" and me == rank:
     checkpoint._open_verified = failing(checkpoint._open_verified, 1, ValueError("injected: checkpoint read fails"))
+elif where == "fields_write" and me == rank:
+    checkpoint.write_parallel = failing(checkpoint.write_parallel, 1, OSError("injected: field write fails"))
+elif where == "fields_read" and me == rank:
+    checkpoint.read_parallel = failing(checkpoint.read_parallel, 0, OSError("injected: field read fails"))
 elif where == "result_write" and me == rank:
     h5py.Dataset.__setitem__ = failing(h5py.Dataset.__setitem__, 0, OSError("injected: dataset write fails"))
 elif where in ("first_evaluation", "probe") and me == rank:
