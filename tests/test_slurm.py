@@ -141,6 +141,61 @@ def test_user_problem_job_equals_mpirun(slurm, tmp_path):
     assert_same_run(result, load(out))
 
 
+# Space-time Parareal (jobs/spacetime.sbatch): a heat2d run of about a second under mpirun.
+SPACETIME = ["--problem", "heat2d", "--nx", "8", "--intervals", "4", "--fine-steps", "4"]
+
+
+def test_spacetime_job_equals_mpirun(slurm, tmp_path, monkeypatch):
+    """jobs/spacetime.sbatch on two layouts, each equal to ``mpirun paraflow-hpc run spacetime`` on the
+    same P x S (everything computed, timings aside): 4 tasks with PARAFLOW_SPACE_RANKS=2 (P = 2 time
+    groups of S = 2 space ranks), and ``sbatch -n 2`` with the default S, which must fit the 2 tasks
+    (the script's header asks for --ntasks-per-node=4): S = 2. The second job also runs the
+    ``bench spacetime`` step on the same options."""
+    monkeypatch.delenv("PARAFLOW_SPACE_RANKS", raising=False)
+    monkeypatch.delenv("PARAFLOW_BENCH", raising=False)
+    split = sbatch(tmp_path, "spacetime.sbatch", *SPACETIME,
+                   options=["--ntasks-per-node=4", "--export=ALL,PARAFLOW_SPACE_RANKS=2,PARAFLOW_BENCH=0"])
+    default = sbatch(tmp_path, "spacetime.sbatch", *SPACETIME, options=["--ntasks=2"])
+    # while the jobs run: the same runs under mpirun (the script adds --checkpoint-every 1; no --quiet)
+    direct = {}
+    for job, (nranks, space_ranks) in ((split, (4, 2)), (default, (2, 2))):
+        direct[job] = tmp_path / f"direct-{nranks}x{space_ranks}.h5"
+        run_cli(nranks, ["run", "spacetime", "--space-ranks", str(space_ranks), "--checkpoint-every",
+                         "1", "--output", str(direct[job]), *SPACETIME], timeout=180)
+    for job, layout in ((split, (2, 2)), (default, (1, 2))):
+        wait_finished(tmp_path, job, timeout=240)
+        result = tmp_path / "runs" / job / "result.h5"
+        with h5py.File(result, "r") as f:
+            assert (int(f.attrs["time_groups"]), int(f.attrs["space_ranks"])) == layout
+            assert int(f.attrs["mpi_size"]) == layout[0] * layout[1]
+            assert int(f.attrs["iterations"]) == 4 and f["solution/u"].shape == (4, 8, 8)
+        a, b = computed(direct[job]), computed(result)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_equal(b[key], a[key], err_msg=f"job {job}: {key}")
+    log = (tmp_path / "runs" / split / "job.log").read_text()
+    assert "--space-ranks 2" in log and "srun --mpi=pmix" in log and "bench spacetime" not in log
+    log = (tmp_path / "runs" / default / "job.log").read_text()
+    assert "[paraflow] S = 2 space ranks of the 2 tasks (P = 1 time groups" in log, log
+    assert "[paraflow] step bench done" in log, log
+
+    # the benchmark step: space-only (1 x 2) and space-time (2 x 1) on the job's 2 tasks, same problem
+    bench = tmp_path / "runs" / default / "bench.h5"
+    with h5py.File(bench, "r") as f:
+        assert f.attrs["method"] == "bench-spacetime" and int(f.attrs["mpi_size"]) == 2
+        config = json.loads(f.attrs["config"])
+        assert (config["problem"], config["nx"], config["intervals"], config["fine_steps"]) == ("heat2d", 8, 4, 4)
+        data = {k: f["data"][k][()] for k in f["data"]}
+    assert list(data["space_ranks"]) == [2, 1] and list(data["time_groups"]) == [1, 2]
+    assert data["iterations"][0] == 0 and 1 <= data["iterations"][1] <= 4
+    assert data["speedup"][0] == 1.0 and data["error"][1] < 1e-5   # the benchmark's default tol
+    for key in ("seconds", "model_seconds", "tau_fine", "serial_fine_seconds"):
+        assert np.all(np.isfinite(data[key]) & (data[key] > 0)), key
+    table = (bench.parent / "bench.md").read_text()
+    assert "heat2d on 8 x 8, N = 4" in table and "| 1 x 2 (space-only) |" in table and "| 2 x 1 |" in table
+    assert (bench.parent / "bench.png").stat().st_size > 0
+
+
 def test_cancelled_or_killed_job_ends_and_scontrol_requeue_resumes_it(slurm, tmp_path):
     """scancel sends SIGTERM: the ranks may still checkpoint, but the job must not requeue itself
     (scontrol requeue would also take the cancelled job back). kill -9 of one rank: Slurm's PMIx
@@ -232,6 +287,10 @@ METHOD_JOBS = {
     "layer_parallel": ("layer_parallel.sbatch", ["--problem", "ellipses", "--samples", "400", "--depth", "8",
                                                  "--width", "4", "--lr", "0.5", "--batch-size", "32",
                                                  "--iterations", "30", "--coarse-iterations", "8"], "layer-parallel"),
+    # the script's default layout on --ntasks-per-node=2: S = 2 space ranks, P = 1 (a checkpoint of
+    # each rank's piece of the DMDA states); 4 iterations, stopped after the first
+    "spacetime": ("spacetime.sbatch", ["--problem", "heat2d", "--nx", "16", "--intervals", "4",
+                                       "--fine-steps", "64", "--tol", "0"], "spacetime"),
 }
 # Metadata that differs between any two runs, and paths that differ between these two.
 RUN_SPECIFIC = {"created", "command", "hostnames", "git_revision", "versions", "restarted_from", "config"}
@@ -290,6 +349,8 @@ def test_every_method_script_preempted_resumes_to_the_same_result(slurm, tmp_pat
     checkpoint, requeue itself, resume from the checkpoint and end with the same result. Then
     ``paraflow-hpc report`` over all of them."""
     monkeypatch.setenv("PAN_BENCH", "0")  # pan.sbatch's optional benchmark step
+    monkeypatch.setenv("PARAFLOW_BENCH", "0")  # spacetime.sbatch's
+    monkeypatch.delenv("PARAFLOW_SPACE_RANKS", raising=False)
     # The preempted jobs go first: the references run while they wait to be started again.
     preempted = {name: sbatch(tmp_path, script, *args, options=["--ntasks-per-node=2"])
                  for name, (script, args, _) in METHOD_JOBS.items()}
@@ -345,6 +406,8 @@ def test_every_method_script_preempted_resumes_to_the_same_result(slurm, tmp_pat
             assert f.attrs["restarted_from"] == str(checkpoint), script
             # no GPU allocated to the job: the torch methods run on the CPU
             assert json.loads(f.attrs["config"]).get("device", "cpu") == "cpu", script
+            if method == "spacetime":  # the script's default S: the 2 tasks of the node
+                assert (int(f.attrs["time_groups"]), int(f.attrs["space_ranks"])) == (1, 2)
         a, b = computed(uninterrupted), computed(resumed)
         assert a.keys() == b.keys(), name
         for key in a:
