@@ -247,6 +247,19 @@ def test_bench_spacetime_writes_every_layout(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 0
 
 
+def test_bench_spacetime_compares_coarse_grid_factors(tmp_path):
+    out = tmp_path / "bench.h5"
+    run_cli(2, ["bench", "spacetime", "--quiet", "--nx", "7", "--intervals", "2", "--fine-steps", "2",
+                "--coarse-grid-factor", "1,2", "--output", str(out)], timeout=240)
+    with h5py.File(out, "r") as f:  # the space-only baseline once (it has no G), then 2 x 1 per factor
+        assert list(f["data/space_ranks"][...]) == [2, 1, 1]
+        assert list(f["data/coarse_grid_factor"][...]) == [1, 1, 2]
+        assert list(f["data/coarse_nx"][...])[1:] == [7, 3]
+        assert np.all(f["data/error"][1:] < 1e-8)
+    table = (tmp_path / "bench.md").read_text()
+    assert "| 2 x 1 | 7 x 7 |" in table and "| 2 x 1 | 3 x 3 (c = 2) |" in table
+
+
 @pytest.mark.parametrize("nranks", [1, 2, 4])
 def test_space_time_split_and_result_boxes(tmp_path, nranks):
     result = run_script(nranks, "space_time_layout.py", tmp_path, timeout=120)
