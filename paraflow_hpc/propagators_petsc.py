@@ -15,6 +15,10 @@ depend on the layout, and the same bits on every run of one layout (static pivot
 scheduling), so a restart is bit-identical. MUMPS is not: on 2 ranks its dynamic scheduling
 changed the last bit between runs. For large grids an iterative solver (cg + gamg) is the
 better choice; its tolerance then enters the layout independence.
+
+:class:`CoarseGridPropagator` runs G on a coarser grid, G(u) = P · G_c(R · u): a TSPropagator on
+the problem coarsened by a factor, behind PETSc's DMDA interpolation P and the full-weighting
+restriction R (:class:`GridTransfer`), still a ``prop(u_in, t0, t1, out)`` on the fine grid's Vecs.
 """
 from __future__ import annotations
 
