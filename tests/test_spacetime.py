@@ -2,7 +2,9 @@
 
 Exactness at k = N on every layout, iterates independent of the layout, the heat error against
 the exact solution at the time integrator's order, PETSc options reaching G and F separately,
-bad layouts refused, restart bit-identical on the layout that wrote it and equal on any other.
+bad layouts refused, restart bit-identical on the layout that wrote it and equal on any other;
+G on a coarser grid (--coarse-grid-factor): the grid transfers, exactness, layout independence,
+convergence, refusals.
 """
 import h5py
 import numpy as np
@@ -101,6 +103,91 @@ def test_petsc_options_reach_coarse_and_fine_separately(tmp_path):
     assert run["error"][-1] < 1e-10  # F's iterative solve still gives the sequential answer at k = N
 
 
+# -- G on a coarser grid (--coarse-grid-factor) ------------------------------------------------------
+
+COARSE = ["--problem", "heat2d", "--nx", "7", "--ny", "5", "--intervals", "4", "--coarse-steps", "1",
+          "--fine-steps", "4", "--coarse-grid-factor", "2", "--tol", "0"]  # F on 7 x 5, G on 3 x 2
+
+
+@pytest.mark.parametrize("nranks", [1, 2, 4])
+def test_coarse_grid_transfers_match_the_dense_operators(nranks):
+    result = run_script(nranks, "coarse_grid_transfer.py", timeout=120)
+    assert result.stdout.count(": ok") == nranks
+
+
+@pytest.fixture(scope="module")
+def coarse_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("coarse")
+    return {layout: run_st(tmp, layout, COARSE, f"coarse-{layout[0]}x{layout[1]}")[0] for layout in LAYOUTS}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_coarse_grid_g_still_gives_the_sequential_fine_solution_at_k_equals_n(coarse_runs, layout):
+    run = coarse_runs[layout]
+    assert (run["coarse_grid_factor"], run["coarse_nx"], run["coarse_ny"], run["nx"], run["ny"]) == (2, 3, 2, 7, 5)
+    assert run["iterations"] == 4 and run["converged"]
+    assert run["error"][-1] <= 1e-14 * np.abs(run["u"]).max()
+    np.testing.assert_allclose(run["u"], coarse_runs[(1, 1)]["u"], rtol=0, atol=1e-13)
+
+
+def test_coarse_grid_iterates_do_not_depend_on_the_layout(coarse_runs, tmp_path):
+    base = coarse_runs[(1, 1)]
+    same_grid, _ = run_st(tmp_path, (1, 1), [*COARSE, "--coarse-grid-factor", "1"], "factor-1")
+    # G really is another propagator (another coarse prediction), F's solution at k = N is the same
+    assert abs(base["error"][0] - same_grid["error"][0]) > 0.01 * same_grid["error"][0]
+    np.testing.assert_allclose(base["u"], same_grid["u"], rtol=0, atol=1e-13)
+    for layout in LAYOUTS[1:]:
+        run = coarse_runs[layout]
+        np.testing.assert_allclose(run["update"][1:], base["update"][1:], rtol=1e-9)
+        np.testing.assert_allclose(run["error"], base["error"], rtol=1e-9, atol=1e-15)
+
+
+def test_coarse_grid_factor_1_is_the_same_run_bit_for_bit(heat_runs, tmp_path):
+    run, _ = run_st(tmp_path, (2, 2), [*HEAT, "--tol", "0", "--coarse-grid-factor", "1"], "factor-1")
+    base = heat_runs[(2, 2)]
+    for key in ("u", "update", "error"):
+        np.testing.assert_array_equal(run[key], base[key])
+    assert (run["coarse_grid_factor"], run["coarse_nx"], run["coarse_ny"]) == (1, 6, 5)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_coarse_grid_parareal_converges_before_k_equals_n(tmp_path, factor):
+    """heat2d 15 x 15, N = 8, F = BEULER x 4, G = BEULER x 2 on 7 x 7 (factor 2) or 3 x 3 (factor 4):
+    every update at least 5 times smaller than the one before (measured: 17-33 times, as on F's
+    own grid), so the tolerance is met well before k = N, within it of the sequential fine solution."""
+    run, _ = run_st(tmp_path, (2, 1), ["--problem", "heat2d", "--nx", "15", "--intervals", "8", "--coarse-steps", "2",
+                                       "--fine", "beuler", "--fine-steps", "4", "--coarse-grid-factor", str(factor),
+                                       "--tol", "1e-6"], f"converge-{factor}")
+    k, updates = run["iterations"], run["update"][1:]
+    assert run["coarse_nx"] == 15 // factor
+    assert run["converged"] and k < 8
+    assert updates[-1] <= 1e-6 < updates[-2]
+    assert np.all(updates[1:] <= 0.2 * updates[:-1]), updates
+    assert run["error"][k] <= 1e-6
+
+
+def test_coarse_grid_restart_is_bit_identical_and_another_factor_is_refused(tmp_path):
+    args = [*COARSE, "--intervals", "6", "--checkpoint-every", "2"]
+    full, _ = run_st(tmp_path, (2, 1), [*args, "--checkpoint", str(tmp_path / "ck.h5")], "full")
+    restarted, _ = run_st(tmp_path, (2, 1), [*args, "--restart", str(tmp_path / "ck.h5"),
+                                             "--checkpoint", str(tmp_path / "ck2.h5")], "restarted")
+    for key in ("u", "update", "error"):
+        np.testing.assert_array_equal(restarted[key], full[key])
+    _expect_bad_input(2, [*args, "--coarse-grid-factor", "1", "--restart", str(tmp_path / "ck.h5")],
+                      "has coarse_grid_factor = 2, this run has 1", tmp_path)
+
+
+def test_bad_coarse_grid_factor_is_refused(tmp_path):
+    _expect_bad_input(1, ["--coarse-grid-factor", "0"], "coarse_grid_factor = 0: must be >= 1", tmp_path)
+    _expect_bad_input(1, ["--nx", "32", "--coarse-grid-factor", "2"],
+                      "coarse_grid_factor = 2 does not divide nx + 1 = 33", tmp_path)
+    _expect_bad_input(1, ["--problem", "allen-cahn", "--nx", "16", "--ny", "15", "--coarse-grid-factor", "2"],
+                      "coarse_grid_factor = 2 does not divide ny = 15", tmp_path)
+    _expect_bad_input(4, ["--space-ranks", "4", "--nx", "7", "--coarse-grid-factor", "4"],
+                      "leaves 1 coarse grid point(s) in the x direction (nx = 7), fewer than the 2 space ranks "
+                      "in that direction (process grid 2 x 2 for space_ranks = 4); use nx >= 11", tmp_path)
+
+
 def _expect_bad_input(nranks, args, message, tmp_path):
     proc = run_cli(nranks, ["run", "spacetime", "--quiet", "--output", str(tmp_path / "bad.h5"), *args],
                    check=False, timeout=120)
@@ -183,6 +270,19 @@ def test_bench_spacetime_writes_every_layout(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "| 1 x 2 (space-only) |" in table and "| 2 x 1 |" in table
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_bench_spacetime_compares_coarse_grid_factors(tmp_path):
+    out = tmp_path / "bench.h5"
+    run_cli(2, ["bench", "spacetime", "--quiet", "--nx", "7", "--intervals", "2", "--fine-steps", "2",
+                "--coarse-grid-factor", "1,2", "--output", str(out)], timeout=240)
+    with h5py.File(out, "r") as f:  # the space-only baseline once (it has no G), then 2 x 1 per factor
+        assert list(f["data/space_ranks"][...]) == [2, 1, 1]
+        assert list(f["data/coarse_grid_factor"][...]) == [1, 1, 2]
+        assert list(f["data/coarse_nx"][...])[1:] == [7, 3]
+        assert np.all(f["data/error"][1:] < 1e-8)
+    table = (tmp_path / "bench.md").read_text()
+    assert "| 2 x 1 | 7 x 7 |" in table and "| 2 x 1 | 3 x 3 (c = 2) |" in table
 
 
 @pytest.mark.parametrize("nranks", [1, 2, 4])

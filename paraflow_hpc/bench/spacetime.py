@@ -15,8 +15,10 @@ the sequential fine solution, and the inputs of the cost model:
 
 the pipelined schedule of ``parareal.py`` with one chain of messages per sweep. Neglecting G and
 messages, space-time on P × S beats space-only on P·S ranks when K / E(S) < 1 / E(P·S): when the
-space-parallel efficiency at full width has fallen below E(S) / K. Writes HDF5, a markdown
-table and a PNG plot (measured and modelled time per layout).
+space-parallel efficiency at full width has fallen below E(S) / K. With ``--coarse-grid-factor
+1,2`` every P × S layout runs once per factor (G on F's grid, then on the grid coarsened by 2:
+τ_G shrinks, K may grow). Writes HDF5, a markdown table and a PNG plot (measured and modelled
+time per layout).
 """
 from __future__ import annotations
 
@@ -53,6 +55,10 @@ class Config(BenchConfig):
     intervals: int = option(8, "time subintervals N")
     coarse: str = option("beuler", "PETSc TS type of G", choices=list(TS_TYPES))
     coarse_steps: int = option(2, "steps of G per subinterval")
+    coarse_grid_factor: list[int] = field(default_factory=lambda: [1],
+                                          metadata={"help": "G's grid coarsening factors to compare, e.g. 1,2 "
+                                                            "(every P x S layout runs once per factor; 1: F's grid)",
+                                                    "choices": None})
     fine: str = option("cn", "PETSc TS type of F", choices=list(TS_TYPES))
     fine_steps: int = option(16, "steps of F per subinterval")
     petsc: str = option("", "PETSc options (coarse_/fine_ prefixes), one quoted string")
@@ -66,13 +72,20 @@ class Config(BenchConfig):
             self.space_ranks = [s for s in range(comm_size, 0, -1) if comm_size % s == 0]
         require(comm_size in self.space_ranks,
                 f"space_ranks = {self.space_ranks} must include {comm_size} (the space-only baseline)")
+        require(bool(self.coarse_grid_factor), "coarse_grid_factor: give at least one factor, e.g. 1 or 1,2")
         for s in self.space_ranks:
-            self.run_config(s).validate(comm_size)
+            for factor in self.factors(s, comm_size):
+                self.run_config(s, factor).validate(comm_size)
 
-    def run_config(self, space_ranks: int) -> runner.Config:
+    def factors(self, space_ranks: int, comm_size: int) -> list[int]:
+        """The coarse grid factors a layout runs with: all, except for the space-only run, which has no G."""
+        return [1] if space_ranks == comm_size else list(dict.fromkeys(self.coarse_grid_factor))
+
+    def run_config(self, space_ranks: int, coarse_grid_factor: int = 1) -> runner.Config:
         keys = ("problem", "nx", "ny", "t0", "tf", "intervals", "coarse", "coarse_steps", "fine", "fine_steps",
                 "petsc", "tol")
-        return runner.Config(space_ranks=space_ranks, **{key: getattr(self, key) for key in keys})
+        return runner.Config(space_ranks=space_ranks, coarse_grid_factor=coarse_grid_factor,
+                             **{key: getattr(self, key) for key in keys})
 
     def resolve_paths(self) -> None:
         super().resolve_paths()
@@ -101,9 +114,10 @@ def message_seconds(comm_time, vec) -> float:
     return comm_time.bcast(seconds, root=0)
 
 
-def run_layout(comm, cfg: Config, space_ranks: int) -> dict:
-    """One layout: space-only sequential fine (P = 1) or space-time Parareal (P > 1)."""
-    run_cfg = cfg.run_config(space_ranks)
+def run_layout(comm, cfg: Config, space_ranks: int, coarse_grid_factor: int = 1) -> dict:
+    """One layout: space-only sequential fine (P = 1) or space-time Parareal (P > 1), G on the grid
+    coarsened by ``coarse_grid_factor``."""
+    run_cfg = cfg.run_config(space_ranks, coarse_grid_factor)
     r = run_cfg.resolved()
     layout = runner.layout_of(comm, space_ranks)
     comm_time, comm_space = space_time_split(comm, space_ranks)
@@ -116,7 +130,8 @@ def run_layout(comm, cfg: Config, space_ranks: int) -> dict:
     reference = serial_fine_st(comm_time, fine, u0, times, timers)
     comm.Barrier()
     serial_seconds = comm.allreduce(timers.elapsed(), op=MPI.MAX)
-    row = {"time_groups": p, "space_ranks": space_ranks, "serial_fine_seconds": serial_seconds}
+    row = {"time_groups": p, "space_ranks": space_ranks, "coarse_grid_factor": coarse_grid_factor,
+           "coarse_nx": coarse.grid[0], "coarse_ny": coarse.grid[1], "serial_fine_seconds": serial_seconds}
     if p == 1:
         tau_f = comm.allreduce(timers.seconds.get("fine", 0.0), op=MPI.SUM) / (comm.size * cfg.intervals)
         row.update(iterations=0, seconds=serial_seconds, error=0.0, tau_fine=tau_f, tau_coarse=float("nan"),
@@ -151,8 +166,8 @@ def run_layout(comm, cfg: Config, space_ranks: int) -> dict:
 def markdown(rows: list[dict], cfg: Config) -> str:
     head = (f"{cfg.problem} on {cfg.nx} x {cfg.ny or cfg.nx}, N = {cfg.intervals}, G = {cfg.coarse} x "
             f"{cfg.coarse_steps}, F = {cfg.fine} x {cfg.fine_steps}, tol = {cfg.tol:g}\n\n"
-            "| layout P x S | K | wall [s] | speed-up vs space-only | model [s] | model / measured | "
-            "tau_F [ms] | tau_G [ms] | tau_msg [ms] | E_space(S) | error vs seq. F |\n|" + "---|" * 11 + "\n")
+            "| layout P x S | G grid | K | wall [s] | speed-up vs space-only | model [s] | model / measured | "
+            "tau_F [ms] | tau_G [ms] | tau_msg [ms] | E_space(S) | error vs seq. F |\n|" + "---|" * 12 + "\n")
 
     def ms(v):
         return "-" if not np.isfinite(v) else f"{1e3 * v:.3f}"
@@ -160,7 +175,10 @@ def markdown(rows: list[dict], cfg: Config) -> str:
     def line(r):
         space_only = r["time_groups"] == 1
         efficiency = r["space_efficiency"]
-        return (f"| {r['time_groups']} x {r['space_ranks']}{' (space-only)' if space_only else ''} | "
+        factor = int(r["coarse_grid_factor"])
+        grid = "-" if space_only else f"{int(r['coarse_nx'])} x {int(r['coarse_ny'])}" + (
+            f" (c = {factor})" if factor > 1 else "")
+        return (f"| {r['time_groups']} x {r['space_ranks']}{' (space-only)' if space_only else ''} | {grid} | "
                 f"{'-' if space_only else r['iterations']} | {r['seconds']:.3f} | {r['speedup']:.2f} | "
                 f"{r['model_seconds']:.3f} | {r['model_seconds'] / r['seconds']:.2f} | {ms(r['tau_fine'])} | "
                 f"{ms(r['tau_coarse'])} | {ms(r['tau_message'])} | "
@@ -175,7 +193,8 @@ def _plot(cfg: Config, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['time_groups']}x{r['space_ranks']}" for r in rows]
+    labels = [f"{r['time_groups']}x{r['space_ranks']}" + (f"\nc={int(r['coarse_grid_factor'])}"
+                                                           if r["coarse_grid_factor"] > 1 else "") for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(x - 0.2, [r["seconds"] for r in rows], 0.4, label="measured")
@@ -200,10 +219,12 @@ def main(cfg: Config, comm) -> int:
         insert_options(petsc(comm), cfg.petsc)
     rows = []
     for s in sorted(cfg.space_ranks, reverse=True):
-        row = run_layout(comm, cfg, s)
-        progress(f"P = {row['time_groups']} x S = {row['space_ranks']}: K = {row['iterations']}, "
-                 f"{row['seconds']:.3f} s (model {row['model_seconds']:.3f} s)")
-        rows.append(row)
+        for factor in cfg.factors(s, comm.size):
+            row = run_layout(comm, cfg, s, factor)
+            progress(f"P = {row['time_groups']} x S = {row['space_ranks']}"
+                     + (f", G on {row['coarse_nx']} x {row['coarse_ny']}" if factor > 1 else "")
+                     + f": K = {row['iterations']}, {row['seconds']:.3f} s (model {row['model_seconds']:.3f} s)")
+            rows.append(row)
     baseline = rows[0]["seconds"]  # P = 1, S = W: the space-only run
     tau_f1 = next((r["tau_fine"] for r in rows if r["space_ranks"] == 1), float("nan"))
     for r in rows:

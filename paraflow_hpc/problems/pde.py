@@ -50,6 +50,41 @@ def process_grid(space_ranks: int) -> tuple[int, int]:
     return int(px), int(py)
 
 
+# -- coarse grids (G on a coarser grid: propagators_petsc.CoarseGridPropagator) ----------------
+#
+# A grid is coarsened by keeping every factor-th point, so every coarse point is a fine point:
+#   periodic  (points i/n, i = 0 .. n-1):      coarse j on fine factor·j,            needs factor | n;
+#   dirichlet (the n interior points (i + 1)/(n + 1) of the n + 2 points that include the boundary,
+#              whose coarsening keeps both boundary points): coarse j on fine factor·(j + 1) − 1,
+#              needs factor | n + 1, and leaves (n + 1)/factor − 1 interior points.
+# The coarse problem is the same class on that many points, so its spacing is factor times F's.
+
+def coarse_points(boundary: str, n: int, factor: int) -> int | None:
+    """Points in one direction of the grid of ``n`` points coarsened by ``factor``; None where the
+    factor does not divide the grid (see above)."""
+    intervals = n if boundary == "periodic" else n + 1
+    if factor < 1 or intervals % factor:
+        return None
+    return n // factor if boundary == "periodic" else (n + 1) // factor - 1
+
+
+def coarse_to_fine(boundary: str, j: int, factor: int) -> int:
+    """The index of the fine point that coarse point ``j`` lies on (one direction)."""
+    return factor * j if boundary == "periodic" else factor * (j + 1) - 1
+
+
+def coarse_ownership(boundary: str, fine_counts, factor: int) -> list[int]:
+    """Coarse points per rank in one direction: each coarse point goes to the rank that owns the fine
+    point it lies on, so the grid transfers need only neighbouring (ghost) points. A rank whose fine
+    range is at least ``factor`` points wide gets at least one; with PETSc's even split of the fine
+    grid that holds whenever the coarse grid has at least as many points as ranks in that direction."""
+    starts = np.cumsum([0, *fine_counts])
+    nc = coarse_points(boundary, int(starts[-1]), factor)
+    under = [coarse_to_fine(boundary, j, factor) for j in range(nc or 0)]
+    owners = np.searchsorted(starts, under, side="right") - 1
+    return [int(np.count_nonzero(owners == r)) for r in range(len(fine_counts))]
+
+
 class DMDAProblem:
     """u_t = ν Δ_h u + r(t, x, y, u) on a 2-D DMDA over ``comm`` (an mpi4py communicator).
 
@@ -65,14 +100,14 @@ class DMDAProblem:
     boundary = "dirichlet"
     linear = True           # r does not depend on u: TS may solve one linear system per stage
 
-    def __init__(self, comm, nx: int, ny: int, proc_sizes: tuple[int, int]):
+    def __init__(self, comm, nx: int, ny: int, proc_sizes: tuple[int, int], ownership_ranges=None):
         PETSc = petsc(comm)
-        self.comm, self.nx, self.ny = comm, nx, ny
+        self.comm, self.nx, self.ny, self.proc_sizes = comm, nx, ny, tuple(proc_sizes)
         periodic = self.boundary == "periodic"
         btype = PETSc.DM.BoundaryType.PERIODIC if periodic else PETSc.DM.BoundaryType.NONE
         self.da = PETSc.DMDA().create(dim=2, dof=1, sizes=(nx, ny), proc_sizes=proc_sizes,
                                       boundary_type=(btype, btype), stencil_type=PETSc.DMDA.StencilType.STAR,
-                                      stencil_width=1, comm=comm)
+                                      stencil_width=1, ownership_ranges=ownership_ranges, comm=comm)
         self.hx, self.hy = (1.0 / nx, 1.0 / ny) if periodic else (1.0 / (nx + 1), 1.0 / (ny + 1))
         (self.xs, self.xe), (self.ys, self.ye) = self.da.getRanges()
         offset = 0.0 if periodic else 1.0
@@ -168,6 +203,20 @@ class DMDAProblem:
             with self._diagonal as arr:
                 arr[:] = -dr.ravel()
             P.setDiagonal(self._diagonal, addv=PETSc.InsertMode.ADD_VALUES)
+
+    def coarsened(self, factor: int) -> "DMDAProblem":
+        """The same problem on this grid coarsened by ``factor`` in each direction, on the same process
+        grid, each coarse point on the rank that owns the fine point under it (collective)."""
+        sizes = [coarse_points(self.boundary, n, factor) for n in (self.nx, self.ny)]
+        if None in sizes:
+            raise ValueError(f"coarsening factor {factor} does not fit the {self.nx} x {self.ny} "
+                             f"{self.boundary} grid")
+        ranges = [coarse_ownership(self.boundary, counts, factor) for counts in self.da.getOwnershipRanges()]
+        if min(min(r) for r in ranges) < 1:
+            raise ValueError(f"coarsening the {self.nx} x {self.ny} grid by {factor} leaves a rank of the "
+                             f"{self.proc_sizes[0]} x {self.proc_sizes[1]} process grid without coarse points "
+                             f"(coarse ownership {ranges})")
+        return type(self)(self.comm, sizes[0], sizes[1], self.proc_sizes, ownership_ranges=ranges)
 
     def destroy(self) -> None:
         if self._diagonal is not None:

@@ -4,6 +4,7 @@
 state is a DMDA Vec spread over S ranks (process grid ``process_grid(S)``); G and F are PETSc TS
 solvers configured from ``--petsc "-coarse_ts_type cn -fine_ksp_type cg ..."`` (prefixes
 ``coarse_`` and ``fine_``; options nobody read are reported at the end, as ``-options_left`` does).
+``--coarse-grid-factor c`` runs G on the grid coarsened by c (G = P G_c R, ``propagators_petsc``).
 The boundary states go to ``/solution/u`` (N, ny, nx), each rank writing its own box through
 parallel HDF5. Checkpoints hold the global fields (boundaries, G and F values: (N + 1 or N, ny, nx)),
 each rank writing and reading its own box through parallel HDF5, so a run restarts on any (P, S)
@@ -25,8 +26,9 @@ from ..algorithms.parareal_st import new_state, parareal_st, serial_fine_st
 from ..comm import NonFiniteError, Progress, Timers, block_partition, collective, space_time_split
 from ..config import RunConfig, option, require
 from ..io.results import write_result
-from ..problems.pde import PDE_PROBLEMS, petsc, process_grid
-from ..propagators_petsc import TS_TYPES, TSPropagator, insert_options, option_names, unused_options
+from ..problems.pde import PDE_PROBLEMS, coarse_points, petsc, process_grid
+from ..propagators_petsc import (TS_TYPES, CoarseGridPropagator, TSPropagator, insert_options, option_names,
+                                 unused_options)
 from .common import EXIT_PREEMPTED, CheckpointHook
 
 
@@ -42,6 +44,9 @@ class Config(RunConfig):
     intervals: int = option(8, "number of time subintervals N (>= P; a whole multiple of P is best)")
     coarse: str = option("beuler", "PETSc TS type of G (-coarse_ts_type overrides)", choices=list(TS_TYPES))
     coarse_steps: int = option(1, "steps of G per subinterval")
+    coarse_grid_factor: int = option(1, "G on F's grid coarsened by this factor in x and y, G = P G_c R "
+                                        "(1: F's grid); heat2d needs it to divide nx + 1 and ny + 1, "
+                                        "allen-cahn nx and ny")
     fine: str = option("cn", "PETSc TS type of F (-fine_ts_type overrides)", choices=list(TS_TYPES))
     fine_steps: int = option(16, "steps of F per subinterval")
     petsc: str = option("", "PETSc options, one quoted string, prefixed coarse_ or fine_, e.g. "
@@ -74,6 +79,7 @@ class Config(RunConfig):
                 f"({comm_size} ranks / space_ranks = {self.space_ranks}); use intervals >= {time_groups}")
         for key in ("coarse_steps", "fine_steps"):
             require(getattr(self, key) >= 1, f"{key} = {getattr(self, key)}: must be >= 1")
+        self._validate_coarse_grid(problem.boundary, ny, px, py)
         require(self.tol >= 0, f"tol = {self.tol}: must be >= 0")
         require(self.k_max >= 0, f"k_max = {self.k_max}: must be >= 0 (0 means N)")
         try:
@@ -83,6 +89,32 @@ class Config(RunConfig):
         require(not tokens or tokens[0].startswith("-"),
                 f"petsc = {self.petsc!r}: PETSc options start with '-', e.g. \"-fine_ksp_type cg\"")
 
+    def _validate_coarse_grid(self, boundary: str, ny: int, px: int, py: int) -> None:
+        factor = self.coarse_grid_factor
+        require(factor >= 1, f"coarse_grid_factor = {factor}: must be >= 1 (1: G on F's grid)")
+        if factor == 1:
+            return
+        periodic = boundary == "periodic"
+        for axis, n, p in (("nx", self.nx, px), ("ny", ny, py)):
+            if periodic:  # points i/n: keeps every factor-th point
+                require(n % factor == 0,
+                        f"coarse_grid_factor = {factor} does not divide {axis} = {n}: the {self.problem} grid "
+                        f"(periodic) is coarsened by keeping one point in {factor}; use {axis} a multiple of "
+                        f"{factor} (e.g. {axis} = {max(factor, n - n % factor)}) or a factor dividing {n}")
+                smallest = factor * p
+            else:  # the interior points of n + 1 intervals: keeps the boundary and every factor-th point
+                require((n + 1) % factor == 0,
+                        f"coarse_grid_factor = {factor} does not divide {axis} + 1 = {n + 1}: the {self.problem} "
+                        f"grid holds the interior points of {n + 1} intervals (Dirichlet), coarsened by keeping "
+                        f"one point in {factor}; use {axis} + 1 a multiple of {factor} (e.g. {axis} = "
+                        f"{max(2 * factor, (n + 1) - (n + 1) % factor) - 1}) or a factor dividing {n + 1}")
+                smallest = factor * (p + 1) - 1
+            coarse = coarse_points(boundary, n, factor)
+            require(coarse >= p, f"coarse_grid_factor = {factor} leaves {coarse} coarse grid point(s) in the "
+                                 f"{axis[1]} direction ({axis} = {n}), fewer than the {p} space ranks in that "
+                                 f"direction (process grid {px} x {py} for space_ranks = {self.space_ranks}); use "
+                                 f"{axis} >= {smallest}, a smaller factor or fewer space ranks")
+
     def resolved(self) -> dict:
         problem = PDE_PROBLEMS[self.problem]
         return {"t0": problem.t0 if self.t0 is None else self.t0,
@@ -91,8 +123,8 @@ class Config(RunConfig):
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed: the options that define the solution. Not the
         layout: the checkpoint holds global fields that every layout reads its boxes of."""
-        keys = ("problem", "nx", "intervals", "coarse", "coarse_steps", "fine", "fine_steps", "petsc",
-                "tol", "k_max", "reference")
+        keys = ("problem", "nx", "intervals", "coarse", "coarse_steps", "coarse_grid_factor", "fine", "fine_steps",
+                "petsc", "tol", "k_max", "reference")
         return {**{key: getattr(self, key) for key in keys}, **self.resolved()}
 
     def checkpoint_limits(self) -> dict:
@@ -124,18 +156,29 @@ def _describe(layout: dict) -> str:
 def make_solvers(comm, comm_space, cfg, layout: dict):
     """(problem, G, F, u0) on ``comm_space``, set up under the collective guard of ``comm`` (the world).
 
-    ``cfg`` needs problem, nx, ny, t0, coarse, coarse_steps, fine, fine_steps (a :class:`Config`);
-    PETSc options must already be in the options database.
+    ``cfg`` needs problem, nx, ny, t0, coarse, coarse_steps, coarse_grid_factor, fine, fine_steps (a
+    :class:`Config`); PETSc options must already be in the options database. With
+    ``coarse_grid_factor`` c > 1, G is a :class:`CoarseGridPropagator`: the same problem class on the
+    grid coarsened by c, behind DMDA interpolation and injection.
     """
     r = cfg.resolved()
     with collective(comm, "PETSc set-up"):
         problem = PDE_PROBLEMS[cfg.problem](comm_space, cfg.nx, r["ny"], tuple(layout["process_grid"]))
-        coarse = TSPropagator(problem, "coarse_", cfg.coarse, cfg.coarse_steps)
+        if cfg.coarse_grid_factor > 1:
+            coarse = CoarseGridPropagator(problem, "coarse_", cfg.coarse, cfg.coarse_steps, cfg.coarse_grid_factor)
+        else:
+            coarse = TSPropagator(problem, "coarse_", cfg.coarse, cfg.coarse_steps)
         fine = TSPropagator(problem, "fine_", cfg.fine, cfg.fine_steps)
         u0 = problem.initial()
         probe = u0.duplicate()
         problem.ifunction(None, r["t0"], u0, u0, probe)  # the first evaluation, inside the guard
         probe.destroy()
+        if cfg.coarse_grid_factor > 1:  # and the coarse problem's
+            uc = coarse.problem.initial()
+            fc = uc.duplicate()
+            coarse.problem.ifunction(None, r["t0"], uc, uc, fc)
+            uc.destroy()
+            fc.destroy()
     return problem, coarse, fine, u0
 
 
@@ -223,7 +266,9 @@ def main(cfg: Config, comm) -> int:
         print(f"warning: PETSc options set but not used by G or F: {' '.join('-' + n for n in unused)} "
               "(options need the coarse_ or fine_ prefix)", file=sys.stderr, flush=True)
     attrs = {"iterations": result.iterations, "converged": result.converged, **layout,
-             "nx": cfg.nx, "ny": r["ny"], "serial_fine_seconds": serial_seconds,
+             "nx": cfg.nx, "ny": r["ny"], "coarse_grid_factor": cfg.coarse_grid_factor,
+             "coarse_nx": coarse.grid[0], "coarse_ny": coarse.grid[1],
+             "serial_fine_seconds": serial_seconds,
              "parareal_seconds": parareal_seconds, "speedup": serial_seconds / parareal_seconds,
              "exact_error": exact_error, "final_exact_error": final_exact_error,
              "petsc_options_unused": "unknown" if unused is None else " ".join(unused),
