@@ -8,6 +8,7 @@ message, before any communication that could hang.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -221,8 +222,10 @@ def build_config(cls, config_file: str | None, overrides: dict[str, object], com
     kwargs = {}
     for key, raw in values.items():
         if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f"did you mean --{close[0].replace('_', '-')}? " if close else ""
             raise ConfigError(
-                f"unknown option {key!r} for {cls.method}; allowed: {', '.join(sorted(fields))}")
+                f"unknown option {key!r} for {cls.method}; {hint}allowed: {', '.join(sorted(fields))}")
         kwargs[key] = _coerce(key, raw, hints[key], fields[key].metadata.get("choices"))
     cfg = cls(**kwargs)
     cfg.validate(comm_size)

@@ -75,6 +75,21 @@ def test_user_model_paso_reproduces_torch_optim(tmp_path, nranks):
     assert config["data"] == MOONS
 
 
+def test_user_model_paso_on_regression_data_reports_no_accuracy(tmp_path):
+    """Regression targets (n, k) floats: the model is fitted by least squares and the summary names
+    no test accuracy (NaN in the file: the problem has none), never 'test accuracy nan'."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3))
+    np.savez(tmp_path / "reg.npz", x=x, y=np.stack([np.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1))
+    out = tmp_path / "reg.h5"
+    proc = run_cli(1, ["run", "paso", "--problem", MLP, "--data", str(tmp_path / "reg.npz"), "--optimizer", "adam",
+                       "--lr", "0.01", "--steps", "12", "--window", "4", "--batch", "8", "--output", out],
+                   timeout=240)
+    attrs, _, _ = read(out)
+    assert np.isnan(attrs["paso_test_accuracy"]) and attrs["paso_train_loss"] < attrs["initial_train_loss"]
+    assert "done: K = " in proc.stdout and "accuracy" not in proc.stdout, proc.stdout
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("nranks", [1, 2])
 def test_user_model_paraflow_lowers_the_loss(tmp_path, nranks):
