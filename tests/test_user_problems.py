@@ -299,6 +299,7 @@ def _bad_data(tmp_path) -> None:
     np.savez(tmp_path / "short.npz", x=np.ones((4, 2)), y=np.array([0, 1, 0]))
     np.savez(tmp_path / "nan.npz", x=np.array([[1.0, np.nan], [0.0, 1.0]]), y=np.array([0, 1]))
     (tmp_path / "notdata.h5").write_text("not HDF5")
+    np.savez(tmp_path / "floaty.npz", x=np.eye(6), y=np.linspace(0.0, 1.0, 6))
 
 
 CASES = [  # (method, options, message)
@@ -322,6 +323,7 @@ CASES = [  # (method, options, message)
     ("paso", ["--problem", MLP, "--data", "nan.npz"], "'x' holds 1 non-finite values"),
     ("layer-parallel", ["--data", "text.csv"], "holds a cell that is not a number"),
     ("layer-parallel", ["--data", "notdata.h5"], "cannot be read as HDF5"),
+    ("layer-parallel", ["--data", "floaty.npz"], "data file 'floaty.npz': y holds float targets (1 per sample: regression)"),
 ]
 
 

@@ -323,6 +323,10 @@ def load_problem(spec: str, kind: str, args: dict | None = None, *, data=None, c
     if kind == "dataset" and data is not None:
         if args:
             raise ConfigError(f"problem_args {args!r} have no effect with --data (the file is the data set); drop them")
+        if not data.n_classes:   # float targets: the file, not the (unused) built-in problem, is wrong
+            raise ConfigError(f"data file {data.name!r}: y holds float targets ({data.y_train.shape[1]} per sample: regression); "
+                              f"{METHODS[kind]} trains a classifier: give integer class labels 0..C-1 in y (and "
+                              "y_test)")
         problem = data
     else:
         obj = resolve(spec, kind)
