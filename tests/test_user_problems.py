@@ -313,7 +313,8 @@ CASES = [  # (method, options, message)
     ("parareal", ["--problem", f"{PENDULUM}:Pendulum", "--problem-args", "mass=2"], "do not fit Pendulum("),
     ("parareal", ["--problem", "lorenz", "--problem-args", "{rho: 1}"], "is not valid JSON"),
     ("parareal", ["--problem", "kepler"], "problem = 'kepler' is not allowed; choose one of"),
-    ("pan", ["--problem", "numpyf.py:P"], "f(t, Y) returned ndarray"),
+    ("pan", ["--problem", "numpyf.py:P"], "f(t, Y) returned ndarray; return a torch tensor (PAN differentiates f "
+                                          "with torch.func); PAN calls f(t, Y) with t (m,) and Y (m, L)"),
     ("paso", ["--problem", "impure.py:P"], "batch(0) differs between two calls"),
     ("paso", ["--problem", MLP], "is a torch model: give the data"),
     ("paso", ["--problem", "mlp", "--data", MOONS], "brings its own data"),

@@ -390,13 +390,13 @@ def _finite_array(spec, what, value, shape=None, kinds="fc", fix="") -> np.ndarr
     return arr
 
 
-def _call(spec: str, what: str, fn, *args):
+def _call(spec: str, what: str, fn, *args, fix: str = "fix the problem's code"):
     try:
         return fn(*args)
     except ConfigError:
         raise
     except Exception as err:
-        _fail(spec, f"{what} raised {type(err).__name__}: {err}", "fix the problem's code")
+        _fail(spec, f"{what} raised {type(err).__name__}: {err}", fix)
 
 
 def _time_span(spec: str, problem) -> None:
@@ -427,12 +427,14 @@ def _probe_ivp(problem, spec: str) -> None:
         _fail(spec, f"y0 has shape {y0.shape}", "give a non-empty 1-D float array (L,)")
     t = torch.full((2,), float(problem.t0), dtype=torch.float64)
     Y = torch.as_tensor(np.stack([y0, y0]), dtype=torch.float64)
-    out = _call(spec, "f(t, Y) on 2 points", problem.f, t, Y)
+    batched = ("PAN calls f(t, Y) with t (m,) and Y (m, L) float64 torch tensors, one row per collocation "
+               "point, and needs (m, L) back: write f with torch operations on columns, e.g. "
+               "torch.stack([Y[:, 1], -Y[:, 0]], dim=1) (docs/examples/pendulum.py:PendulumBatched)")
+    out = _call(spec, "f(t, Y) on 2 points", problem.f, t, Y, fix=batched)
     if not isinstance(out, torch.Tensor):
         _fail(spec, f"f(t, Y) returned {type(out).__name__}",
-              "return a torch tensor (PAN differentiates f with torch.func)")
-    _finite_array(spec, "f(t, Y) for Y of shape (2, L)", out, Y.shape, kinds="f",
-                  fix="f takes t (m,) and Y (m, L) float64 tensors and returns (m, L): one row per point")
+              "return a torch tensor (PAN differentiates f with torch.func); " + batched)
+    _finite_array(spec, "f(t, Y) for Y of shape (2, L)", out, Y.shape, kinds="f", fix=batched)
 
 
 def _probe_network(problem, spec: str) -> None:
