@@ -25,7 +25,7 @@ from __future__ import annotations
 import ctypes
 import shlex
 
-from .problems.pde import petsc
+from .petsc_options import option_names, petsc
 
 TS_TYPES = ("beuler", "cn", "theta", "bdf", "arkimex", "rosw")
 
@@ -288,15 +288,6 @@ def reason_name(PETSc, reason: int) -> str:
     return names.get(reason, str(reason))
 
 
-def option_names(options: str) -> list[str]:
-    """The option names (without '-') in a ``-key value`` string; raises ValueError if unparsable."""
-    names = []
-    for token in shlex.split(options or ""):
-        if token.startswith("-") and not _is_number(token):
-            names.append(token.lstrip("-"))
-    return names
-
-
 def insert_options(PETSc, options: str) -> list[str]:
     """Put the ``-key value`` pairs into PETSc's options database; returns their names."""
     tokens = shlex.split(options or "")
@@ -332,11 +323,3 @@ def _loaded_petsc_library() -> str | None:
     except OSError:
         return None
     return min(paths) if paths else None
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-        return True
-    except ValueError:
-        return False

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import ctypes
 import shlex
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -45,6 +44,7 @@ from numpy.polynomial import chebyshev as cheb
 
 from ..comm import Timers, block_partition, collective
 from ..config import ConfigError
+from ..petsc_options import option_names, petsc
 
 # Picard-type updates may grow like (Lip·h)^k / k! before they shrink; only far larger growth
 # means the fixed point diverges.
@@ -54,17 +54,6 @@ PICARD_GROWTH = 1e8
 class PANError(ConfigError):
     """Bad input to PAN (sizes, interval, tolerances, PETSc options, a right-hand side that fails
     or has the wrong shape): a ``ConfigError``, as every input check of the package (validation.py)."""
-
-
-def petsc(comm):
-    """petsc4py's PETSc module, initialised on ``comm`` if nothing initialised it before."""
-    if "petsc4py.PETSc" not in sys.modules:
-        import petsc4py
-
-        petsc4py.init(comm=comm)
-    from petsc4py import PETSc
-
-    return PETSc
 
 
 def clenshaw_curtis(n_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -438,21 +427,13 @@ def insert_petsc_options(comm, options: str) -> list[str]:
     tokens = parse_petsc_options(options)
     if tokens:
         petsc(comm).Options().insertString(" ".join(shlex.quote(t) for t in tokens))
-    return [tok[1:] for tok in tokens if tok.startswith("-") and not _is_number(tok)]
+    return option_names(" ".join(shlex.quote(t) for t in tokens))
 
 
 def remove_petsc_options(comm, names: list[str]) -> None:
     options = petsc(comm).Options()
     for name in names:
         options.delValue(name)
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-        return True
-    except ValueError:
-        return False
 
 
 def unused_petsc_options(comm) -> list[str]:

@@ -82,7 +82,7 @@ class BackwardEuler:
         return self.lu.solve(y)
 
 
-def _pymgrit_classes():
+def pymgrit_classes():
     """PyMGRIT's vector and application for numpy states and our propagators (None if absent)."""
     try:
         from pymgrit.core.application import Application
@@ -160,7 +160,7 @@ def run_problem(comm, name: str, case: dict, tol: float, scale: float, use_pymgr
     serial_fine(comm, phis[0], y0, times)
     comm.Barrier()
     serial = comm.allreduce(wall.elapsed(), op=MPI.MAX)
-    pym = _pymgrit_classes() if use_pymgrit else None
+    pym = pymgrit_classes() if use_pymgrit else None
     rows = []
     for method, levels, relax in METHODS:
         index = {t: j for j, t in enumerate(times)}

@@ -22,20 +22,9 @@ it in ``PDE_PROBLEMS``. See docs/spacetime.md.
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
-
-def petsc(comm):
-    """petsc4py's PETSc module, initialised on ``comm`` if nothing initialised it before."""
-    if "petsc4py.PETSc" not in sys.modules:
-        import petsc4py
-
-        petsc4py.init(comm=comm)
-    from petsc4py import PETSc
-
-    return PETSc
+from ..petsc_options import petsc
 
 
 def process_grid(space_ranks: int) -> tuple[int, int]:

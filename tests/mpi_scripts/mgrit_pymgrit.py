@@ -9,66 +9,15 @@ import sys
 
 import numpy as np
 from mpi4py import MPI
-from pymgrit.core.application import Application
-from pymgrit.core.mgrit import Mgrit
-from pymgrit.core.vector import Vector
 
 from paraflow_hpc.algorithms.mgrit import mgrit
 from paraflow_hpc.algorithms.parareal import StoppingRule
+from paraflow_hpc.bench.mgrit import pymgrit_classes
 from paraflow_hpc.problems.ode import ODE_PROBLEMS
 from paraflow_hpc.propagators import make_propagator
 
 comm = MPI.COMM_WORLD
-
-
-class NumpyVector(Vector):
-    def __init__(self, value):
-        super().__init__()
-        self.value = np.array(value)
-
-    def __add__(self, other):
-        return NumpyVector(self.value + other.value)
-
-    def __sub__(self, other):
-        return NumpyVector(self.value - other.value)
-
-    def __mul__(self, other):
-        return NumpyVector(self.value * other)
-
-    def norm(self):
-        return np.linalg.norm(self.value)
-
-    def clone(self):
-        return NumpyVector(self.value.copy())
-
-    def clone_zero(self):
-        return NumpyVector(np.zeros_like(self.value))
-
-    def clone_rand(self):
-        return NumpyVector(np.random.rand(*self.value.shape))
-
-    def set_values(self, value):
-        self.value = value
-
-    def get_values(self):
-        return self.value
-
-    def pack(self):
-        return self.value
-
-    def unpack(self, value):
-        self.value = value
-
-
-class Wrapped(Application):
-    def __init__(self, phi, y0, t):
-        super().__init__(t_interval=t)
-        self.phi = phi
-        self.vector_template = NumpyVector(np.zeros_like(y0))
-        self.vector_t_start = NumpyVector(y0.copy())
-
-    def step(self, u_start, t_start, t_stop):
-        return NumpyVector(self.phi(u_start.get_values(), t_start, t_stop))
+Mgrit, Wrapped = pymgrit_classes()   # the bench's PyMGRIT application: one definition
 
 
 def gather(points, values):
