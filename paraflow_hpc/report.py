@@ -35,6 +35,14 @@ CONVERGENCE_SERIES = {
 X_AXIS = {"pan": "accepted step", "paraflow": "window", "paraflows": "window",
           "paso": "iteration (delta) / optimizer step (losses)"}
 PATH_OPTIONS = ("output", "checkpoint", "restart", "table", "quiet")
+# Result attributes a method's table shows beside iterations/converged/speedup: what tells a user
+# whether the run succeeded and what it cost (PAN has no iterations: status, steps, error).
+SUMMARY_ATTRS = {
+    "pan": ("status", "n_steps", "n_rejected", "depth", "nfev", "error"),
+    "spacetime": ("time_groups", "space_ranks", "coarse_grid_factor", "exact_error"),
+    "paso": ("paso_train_loss", "final_max_abs_diff"),
+    "layer-parallel": ("final_test_accuracy",),
+}
 
 
 def is_comm(category: str) -> bool:
@@ -124,7 +132,7 @@ def to_rows(runs: list[dict]) -> list[dict]:
                "wall_seconds": run["wall_seconds"],
                "compute_seconds_mean": float(np.mean(run["compute_seconds"])),
                "wait_seconds_mean": float(np.mean(run["wait_seconds"]))}
-        for key in ("iterations", "converged", "speedup"):
+        for key in ("iterations", "converged", "speedup", *SUMMARY_ATTRS.get(row["method"], ())):
             if key in run["attrs"]:
                 row[key] = run["attrs"][key]
         for name, series in run["history"].items():

@@ -97,6 +97,17 @@ def test_report_tables_and_plots(tmp_path):
     for name in ("convergence.png", "timings.png", "scaling.png"):
         image = mpimg.imread(tmp_path / "rep" / name)
         assert image.shape[0] > 300 and image.shape[1] > 500 and image.std() > 0.01, name
+    # a PAN run: its table says whether it succeeded and what it cost (it has no iterations)
+    pan = tmp_path / "pan.h5"
+    run_cli(1, ["run", "pan", "--problem", "spiral", "--rtol", "1e-6", "--atol", "1e-6", "--quiet", "--output", str(pan)])
+    done = subprocess.run([sys.executable, "-m", "paraflow_hpc", "report", files[0], str(pan), "--out",
+                           str(tmp_path / "rep2")], capture_output=True, text=True, env=mpi_env(), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    pan_table = (tmp_path / "rep2" / "summary.md").read_text().split("## pan")[1].splitlines()
+    header = [c.strip() for c in pan_table[2].strip("|").split("|")]
+    row = dict(zip(header, (c.strip() for c in pan_table[4].strip("|").split("|"))))
+    assert row["status"] == "0" and int(row["n_steps"]) >= 1 and int(row["n_rejected"]) >= 0
+    assert 0 < float(row["error"]) < 1e-4 and int(row["depth"]) >= 1, row
     bad = subprocess.run([sys.executable, "-m", "paraflow_hpc", "report", str(tmp_path / "none.h5")],
                          capture_output=True, text=True, env=mpi_env(), timeout=60)
     assert bad.returncode == 2 and "no such result file" in bad.stdout
