@@ -58,6 +58,9 @@ class TSPropagator:
         ts.setProblemType(PETSc.TS.ProblemType.LINEAR if problem.linear else PETSc.TS.ProblemType.NONLINEAR)
         ts.setType(ts_type)
         ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
+        # A failed step then ends TSSolve with a negative converged reason on every rank of the
+        # space group alike; a PETSc error is left for what only one rank may see (see __call__).
+        ts.setErrorIfStepFails(False)
         options = PETSc.Options()
         # petsc4py 3.18 has no TSAdapt: the fixed-step default goes through the options database
         if not options.hasName(prefix + "ts_adapt_type"):
@@ -82,23 +85,22 @@ class TSPropagator:
         ts.setTimeStep((t1 - t0) / self.steps)
         ts.setMaxTime(t1)
         ts.setMaxSteps(10**9 if self.adaptive else self.steps)
-        try:
-            ts.solve(out)
-            failure = None
-        except self.PETSc.Error as err:  # a failed step raises (TSSetErrorIfStepFails default)
-            failure = f"PETSc error {err.ierr}"
+        # A PETSc error (an exception in the problem's callbacks, a bad option value) may be
+        # raised on one space rank only while the others wait inside TSSolve: it is not caught
+        # here, so the uncaught-exception hook aborts every rank with its message.
+        ts.solve(out)
         self.calls += 1
         self.steps_taken += ts.getStepNumber()
         self.snes_iterations += ts.getSNESIterations()
         self.ksp_iterations += ts.getKSPIterations()
         reason = ts.getConvergedReason()
-        if failure or reason < 0 or abs(ts.getTime() - t1) > 1e-9 * max(abs(t1 - t0), 1e-300):
+        if reason < 0 or abs(ts.getTime() - t1) > 1e-9 * max(abs(t1 - t0), 1e-300):
             # Only this time group knows: NaN makes the failure everyone's at the next norm.
             out.set(float("nan"))
             if self.failure is None:
                 self.failure = (
                     f"{self.prefix[:-1]} TS ({ts.getType()}) failed on [{t0:g}, {t1:g}]: "
-                    f"{reason_name(self.PETSc, reason)}{' (' + failure + ')' if failure else ''}, reached t = "
+                    f"{reason_name(self.PETSc, reason)}, reached t = "
                     f"{ts.getTime():g}; use more --{self.prefix[:-1]}-steps or other "
                     f"-{self.prefix}snes_* / -{self.prefix}ksp_* options")
 

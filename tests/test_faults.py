@@ -86,6 +86,19 @@ def test_exception_on_one_rank_in_a_parallel_field_checkpoint_aborts_all(tmp_pat
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("nranks, space_ranks, rank", [(2, 2, 1), (4, 2, 2)])
+def test_exception_on_one_space_rank_inside_a_ts_solve_aborts_all(tmp_path, nranks, space_ranks, rank):
+    """The user's reaction raises on one space rank inside TSSolve, where the other ranks of its
+    space group wait in collectives: every rank ends with its message once (was a hang)."""
+    proc = run_script(nranks, "fail_on_one_rank.py", "pde_reaction", rank, "--", "run", "spacetime", "--problem",
+                      "allen-cahn", "--nx", "8", "--intervals", "4", "--space-ranks", space_ranks, "--quiet",
+                      "--output", tmp_path / "r.h5", timeout=120, check=False)
+    assert proc.returncode != 0 and not (tmp_path / "r.h5").exists()
+    assert proc.stderr.count(f"error: rank {rank} of {nranks} failed during") == 1, proc.stderr
+    assert "RuntimeError: injected: the reaction fails" in proc.stderr
+
+
+@pytest.mark.mpi
 @pytest.mark.parametrize("method, args", [
     ("paraflow", ["--budget", "2000"]),
     ("paso", ["--steps", "8", "--device", "cpu"]),

@@ -15,6 +15,8 @@ Usage: fail_on_one_rank.py WHERE RANK -- CLI ARGS. WHERE is one of
                      config is validated) do not count: the method's own first call fails
   probe              on RANK, the same callables raise inside the probe (config validation):
                      an agreed ConfigError, one error line from rank 0, exit 2
+  pde_reaction       on RANK, the PDE problem's reaction raises from its 40th call on (inside a TS
+                     solve of the space-time run, while the other space ranks wait in TSSolve)
   rhs_nan_after      on EVERY rank, the right-hand side returns NaN after RANK calls (a diverging F
                      in a later iteration, after checkpoints were written)
 The exit code is the CLI's (or MPI_Abort's); the test asserts no hang and one message.
@@ -27,7 +29,7 @@ import h5py
 
 from paraflow_hpc import cli
 from paraflow_hpc.io import checkpoint
-from paraflow_hpc.problems import contract, models, networks, ode, resnet
+from paraflow_hpc.problems import contract, models, networks, ode, pde, resnet
 
 where, rank = sys.argv[1], int(sys.argv[2])
 args = sys.argv[sys.argv.index("--") + 1:]
@@ -74,6 +76,9 @@ elif where in ("first_evaluation", "probe") and me == rank:
         finally:
             probing["on"] = False
     contract.probe = probe_uncounted
+elif where == "pde_reaction" and me == rank:
+    for cls in pde.PDE_PROBLEMS.values():
+        cls.reaction = failing(cls.reaction, 40, RuntimeError("injected: the reaction fails"))
 elif where == "rhs_nan_after":
     def nan_later(original):
         def f(self, t, y):
