@@ -73,6 +73,22 @@ def _virtual(f, name, directory):
     f.create_virtual_dataset(name, layout)
 
 
+def _external_storage(f, name, directory):
+    """``name``'s data moved to a raw file outside the HDF5 file (and outside its checksum)."""
+    data = f[name][()]
+    raw = directory / "raw.bin"
+    raw.write_bytes(np.ascontiguousarray(data).tobytes())
+    del f[name]
+    f.create_dataset(name, shape=data.shape, dtype=data.dtype, external=[(str(raw), 0, data.nbytes)])
+
+
+def _unwritten(f, name, directory):
+    """``name`` created with its shape but never written (reads return the fill value)."""
+    shape, dtype = f[name].shape, f[name].dtype
+    del f[name]
+    f.create_dataset(name, shape=shape, dtype=dtype, fillvalue=float("nan"))
+
+
 def _external(f, name, directory):
     del f[name]
     f[name] = h5py.ExternalLink(str(other_file(directory)), "x")
@@ -100,6 +116,8 @@ CHECKPOINT_EDITS = {
                         "/rank_00000/fine has dtype"),
     "virtual dataset": (lambda f, d: _virtual(f, "rank_00000/boundaries", d), "is a virtual dataset"),
     "external link": (lambda f, d: _external(f, "rank_00000/boundaries", d), "is an external link"),
+    "external storage": (lambda f, d: _external_storage(f, "rank_00000/boundaries", d), "external raw files"),
+    "unwritten dataset": (lambda f, d: _unwritten(f, "rank_00000/boundaries", d), "was never (completely) written"),
     "extra group": (lambda f, d: f.create_group("evil"), "are not /root and /rank_00000"),
 }
 
@@ -304,6 +322,7 @@ RESULT_EDITS = {
     "huge history": (lambda f, d: _replace(f, "history/error", shape=(2**40,), dtype="f8"), "more data"),
     "external link": (lambda f, d: _external(f, "history/error", d), "is an external link"),
     "virtual dataset": (lambda f, d: _virtual(f, "history/error", d), "is a virtual dataset"),
+    "external storage": (lambda f, d: _external_storage(f, "history/error", d), "external raw files"),
     "string size": (lambda f, d: f.attrs.__setitem__("mpi_size", "one"), "@mpi_size = 'one' is not an integer"),
     "timings shape": (lambda f, d: _replace(f, "timings/total", data=np.zeros(7)), "one entry per rank"),
 }

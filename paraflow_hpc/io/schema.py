@@ -9,8 +9,8 @@ read, with a :class:`SchemaError` naming the object and what is wrong.
 
 What paraflow_hpc writes, and so all that is accepted: groups and datasets linked by hard
 links; datasets of fixed-size numeric (bool, int, uint, float, complex) or fixed-length byte
-string dtypes, contiguous and unfiltered, so that each one's data lies inside the file
-(``nbytes <= file size``); attributes of those dtypes or variable-length UTF-8 strings.
+string dtypes, unfiltered, with all their data stored inside the file (no external raw storage,
+no unallocated data read as the fill value; ``nbytes <= file size``); attributes of those dtypes or variable-length UTF-8 strings.
 """
 from __future__ import annotations
 
@@ -90,13 +90,20 @@ def check_tree(f: h5py.File, file_size: int) -> dict[str, h5py.Dataset]:
                                   "compound data is never written by paraflow_hpc)")
             if obj.shape is None or len(obj.shape) > MAX_NDIM:
                 raise SchemaError(f"/{path} has shape {obj.shape}")
-            if obj.id.get_create_plist().get_nfilters():
+            plist = obj.id.get_create_plist()
+            if plist.get_nfilters():
                 raise SchemaError(f"/{path} is compressed or filtered; paraflow_hpc writes plain datasets")
+            if plist.get_external_count():
+                raise SchemaError(f"/{path} keeps its data in external raw files (outside this file and its "
+                                  "checksum); paraflow_hpc files hold only their own data")
             nbytes = _nbytes(obj.shape, obj.dtype.itemsize)
             total += nbytes
             if nbytes > file_size or total > file_size:
                 raise SchemaError(f"/{path} has shape {obj.shape} ({nbytes} bytes of {obj.dtype}): more data "
                                   f"than the whole file holds ({file_size} bytes)")
+            if obj.id.get_storage_size() < nbytes:
+                raise SchemaError(f"/{path} stores {obj.id.get_storage_size()} of its {nbytes} bytes: its data "
+                                  "was never (completely) written; paraflow_hpc writes every dataset whole")
             _check_attrs(obj, "/" + path, file_size)
             datasets[path] = obj
 
