@@ -99,6 +99,32 @@ def test_exception_on_one_space_rank_inside_a_ts_solve_aborts_all(tmp_path, nran
 
 
 @pytest.mark.mpi
+def test_spacetime_nan_from_a_speculative_fine_solve_keeps_a_finite_checkpoint(tmp_path):
+    """Time group 1's fine TS returns NaN once in iteration 2 or later: the run exits 4 naming the
+    iteration, and the checkpoint it keeps holds the last finite state (the NaN was never written)."""
+    ck = tmp_path / "ck.h5"
+    proc = run_script(4, "fail_on_one_rank.py", "fine_nan_at", 14, "--", "run", "spacetime", "--nx", "8",
+                      "--intervals", "8", "--tol", "0", "--space-ranks", "2", "--checkpoint-every", "1",
+                      "--checkpoint", ck, "--output", tmp_path / "r.h5", timeout=120, check=False)
+    assert proc.returncode == 4 and not (tmp_path / "r.h5").exists(), proc.stderr
+    assert proc.stderr.count("error: ") == 1 and "non-finite state after iteration" in proc.stderr, proc.stderr
+    meta, groups = verified(ck, 4)
+    assert meta["iteration"] >= 1
+    assert all(np.isfinite(field).all() for field in groups["fields"].values())
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nranks", [1, 2])
+def test_spacetime_unconverged_exits_4_with_the_iterate_written(tmp_path, nranks):
+    proc = run_cli(nranks, ["run", "spacetime", "--nx", "6", "--intervals", "4", "--tol", "0", "--k-max", "1",
+                            "--quiet", "--output", tmp_path / "r.h5"], check=False, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.count("error: space-time Parareal did not converge in k_max = 1") == 1, proc.stderr
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert not f.attrs["converged"] and f.attrs["iterations"] == 1
+
+
+@pytest.mark.mpi
 @pytest.mark.parametrize("method, args", [
     ("paraflow", ["--budget", "2000"]),
     ("paso", ["--steps", "8", "--device", "cpu"]),

@@ -141,6 +141,21 @@ def test_crafted_checkpoint_is_refused_before_any_work(tmp_path, checkpoint, cas
     assert not (tmp_path / "out.h5").exists()
 
 
+@pytest.mark.mpi
+def test_spacetime_checkpoint_without_a_layout_record_restarts(tmp_path):
+    """The layout in a space-time checkpoint's meta is informational (any layout reads its fields):
+    a checkpoint without it, or with a garbled one, restarts and says it does not record one."""
+    ck, args = tmp_path / "ck.h5", ["run", "spacetime", "--nx", "6", "--intervals", "4", "--tol", "0"]
+    run_cli(2, [*args, "--checkpoint-every", "1", "--checkpoint", ck, "--output", tmp_path / "a.h5"],
+            check=True, timeout=120)
+    for case, edit in (("missing", dict(process_grid=None, time_groups=None, space_ranks=None)),
+                       ("garbled", dict(process_grid="2x1"))):
+        bad = crafted_checkpoint(ck, tmp_path, lambda f, d: _meta(f, **edit))
+        done = run_cli(2, [*args, "--restart", bad, "--output", tmp_path / f"{case}.h5"], check=False, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "(written on a layout it does not record, read into this layout)" in done.stdout, done.stdout
+
+
 def test_crafted_checkpoint_falls_back_to_previous(tmp_path, checkpoint):
     bad = crafted_checkpoint(checkpoint, tmp_path, CHECKPOINT_EDITS["huge shape"][0])
     shutil.copy(checkpoint, str(bad) + ".prev")

@@ -10,7 +10,9 @@ parallel HDF5. Checkpoints hold the global fields (boundaries, G and F values: (
 each rank writing and reading its own box through parallel HDF5, so a run restarts on any (P, S)
 layout: bit-identically on the one that wrote it, and on another one with the same iterates up to
 the round-off of its other space decomposition (the redistribution is the reading). A failed TS
-solve or a non-finite update ends the run with NonFiniteError (exit 4) naming the first failure.
+solve or a non-finite update or state ends the run with NonFiniteError (exit 4) naming the first
+failure, before the state reaches a checkpoint; a run that stops unconverged (``--k-max`` < N, tol
+unmet) writes its iterate and exits 4 too, as Parareal does.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..algorithms.parareal_st import new_state, parareal_st, serial_fine_st
-from ..comm import NonFiniteError, Progress, Timers, block_partition, collective, space_time_split
+from ..comm import EXIT_NON_FINITE, NonFiniteError, Progress, Timers, block_partition, collective, space_time_split
 from ..config import RunConfig, option, require
 from ..io.results import write_result
 from ..problems.pde import PDE_PROBLEMS, coarse_points, petsc, process_grid
@@ -149,7 +151,12 @@ def layout_of(comm, space_ranks: int) -> dict:
 
 
 def _describe(layout: dict) -> str:
-    px, py = layout["process_grid"]
+    """The layout in words; a checkpoint's record of it is informational (any layout reads the
+    fields), so one that lacks or garbles it is described as such rather than refused."""
+    try:
+        px, py = (int(n) for n in layout["process_grid"])
+    except (KeyError, TypeError, ValueError):
+        return "a layout it does not record"
     return f"P = {layout['time_groups']} time groups x S = {layout['space_ranks']} space ranks (grid {px} x {py})"
 
 
@@ -215,7 +222,8 @@ def main(cfg: Config, comm) -> int:
             raise failed("the sequential fine solution is not finite")
         progress(f"sequential fine solution (space-parallel on {cfg.space_ranks} ranks): {serial_seconds:.3f} s")
 
-    hook = CheckpointHook(comm, cfg, "spacetime", cfg.identity(), progress)
+    hook = CheckpointHook(comm, cfg, "spacetime", cfg.identity(), progress,
+                          fix="more --fine-steps / --coarse-steps or other -fine_/-coarse_ solver options")
     a, b = block_partition(cfg.intervals, comm_time.size, comm_time.rank)
     ny_loc, nx_loc = problem.block_shape
     resume = None
@@ -226,10 +234,9 @@ def main(cfg: Config, comm) -> int:
         resume = new_state(int(meta["iteration"]), u0, b - a)
         resume.load_arrays({name: box.reshape(len(box), -1) for name, box in arrays.items()})
         resume.jumps, resume.errors = list(root["jumps"]), list(root["errors"])
-        written = {key: meta.get(key) for key in ("time_groups", "space_ranks", "process_grid")}
+        written = {key: meta.get(key) for key in layout}
         progress(f"restarting from {cfg.restart} after iteration {resume.k}" +
-                 ("" if written == {k: layout[k] for k in written} else
-                  f" (written on {_describe(written)}, read into this layout)"))
+                 ("" if written == layout else f" (written on {_describe(written)}, read into this layout)"))
 
     def fields(state) -> dict:
         """This rank's boxes of the checkpoint's global fields: U_a .. U_b (U_a only in the first time
@@ -243,8 +250,10 @@ def main(cfg: Config, comm) -> int:
         return out
 
     def after_iteration(state) -> bool:
+        # a NaN from a failed speculative F solve must not reach the checkpoint: the hook raises instead
+        finite = all(np.isfinite(arr).all() for arr in state.local_arrays().values())
         return hook(state.k, lambda: {}, lambda: {"jumps": np.array(state.jumps), "errors": np.array(state.errors)},
-                    meta=layout, fields=lambda: fields(state))
+                    meta=layout, finite=finite, fields=lambda: fields(state))
 
     comm.Barrier()
     run_timers = Timers()
@@ -294,6 +303,12 @@ def main(cfg: Config, comm) -> int:
              + (f", max error vs exact solution {exact_error:.3e}" if np.isfinite(exact_error) else "")
              + f", time {parareal_seconds:.3f} s (sequential fine {serial_seconds:.3f} s); result written to "
              f"{cfg.output}")
+    if not result.converged:   # written for inspection, but never reported as a success
+        if comm.rank == 0:
+            print(f"error: space-time Parareal did not converge in k_max = {result.iterations} iterations "
+                  f"(tol = {cfg.tol:g}); the unconverged iterate is in {cfg.output}: raise --k-max (k = N is "
+                  "exact) or loosen --tol", file=sys.stderr, flush=True)
+        return EXIT_NON_FINITE
     return 0
 
 

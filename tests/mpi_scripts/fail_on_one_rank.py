@@ -17,6 +17,8 @@ Usage: fail_on_one_rank.py WHERE RANK -- CLI ARGS. WHERE is one of
                      an agreed ConfigError, one error line from rank 0, exit 2
   pde_reaction       on RANK, the PDE problem's reaction raises from its 40th call on (inside a TS
                      solve of the space-time run, while the other space ranks wait in TSSolve)
+  fine_nan_at        on every rank of time group 1 (world ranks S .. 2S - 1), the RANK-th call of the fine
+                     TS propagator returns NaN (a failed speculative F solve, space-time)
   rhs_nan_after      on EVERY rank, the right-hand side returns NaN after RANK calls (a diverging F
                      in a later iteration, after checkpoints were written)
 The exit code is the CLI's (or MPI_Abort's); the test asserts no hang and one message.
@@ -79,6 +81,19 @@ elif where in ("first_evaluation", "probe") and me == rank:
 elif where == "pde_reaction" and me == rank:
     for cls in pde.PDE_PROBLEMS.values():
         cls.reaction = failing(cls.reaction, 40, RuntimeError("injected: the reaction fails"))
+elif where == "fine_nan_at":
+    from paraflow_hpc import propagators_petsc
+    space_ranks = int(args[args.index("--space-ranks") + 1])
+    if me // space_ranks == 1:
+        solve = propagators_petsc.TSPropagator.__call__
+
+        def nan_once(self, u_in, t0, t1, out):
+            solve(self, u_in, t0, t1, out)
+            if self.prefix == "fine_":
+                calls["n"] += 1
+                if calls["n"] == rank:
+                    out.set(float("nan"))
+        propagators_petsc.TSPropagator.__call__ = nan_once
 elif where == "rhs_nan_after":
     def nan_later(original):
         def f(self, t, y):
