@@ -65,3 +65,49 @@ def test_state_above_2_gib_per_rank(tmp_path):
     result = run_script(2, "large_state.py", tmp_path, gib, timeout=3600)
     assert "large-state-ok" in result.stdout
     print(result.stdout)
+
+
+def _ckpt(path, iteration):
+    import numpy as np
+    from mpi4py import MPI
+
+    from paraflow_hpc.io.checkpoint import save_checkpoint
+    save_checkpoint(MPI.COMM_SELF, str(path), "test", {"iteration": iteration}, {"x": np.full(4, float(iteration))})
+
+
+def _iteration(path):
+    from mpi4py import MPI
+
+    from paraflow_hpc.io.checkpoint import load_checkpoint
+    meta, arrays, _ = load_checkpoint(MPI.COMM_SELF, str(path), "test")
+    assert (arrays["x"] == meta["iteration"]).all()
+    return meta["iteration"]
+
+
+def test_a_restart_from_prev_keeps_prev_until_a_new_checkpoint_is_complete(tmp_path):
+    """The newest checkpoint is damaged, the restart uses .prev: the next write must not rotate the
+    damaged file over .prev (a failure of that write would leave no usable checkpoint)."""
+    ck = tmp_path / "ck.h5"
+    _ckpt(ck, 1)
+    _ckpt(ck, 2)
+    ck.write_bytes(ck.read_bytes()[:-100])           # newest truncated
+    assert _iteration(ck) == 1                       # from .prev
+    _ckpt(ck, 3)
+    assert _iteration(ck) == 3
+    assert _iteration(str(ck) + ".prev") == 1        # the good one survived, not the damaged one
+    _ckpt(ck, 4)                                     # and rotation is normal again
+    assert _iteration(str(ck) + ".prev") == 3
+
+
+def test_a_writer_killed_between_its_renames_loses_nothing(tmp_path):
+    """Killed after moving the checkpoint to .prev and before renaming its sealed temporary into
+    place: the temporary is the last complete checkpoint; the next run recovers it (not deletes it)."""
+    ck = tmp_path / "ck.h5"
+    _ckpt(ck, 1)
+    _ckpt(tmp_path / "new.h5", 2)
+    os.replace(ck, str(ck) + ".prev")
+    os.replace(tmp_path / "new.h5", str(ck) + ".partial-999999999")   # no such process
+    assert _iteration(ck) == 2 and not os.path.exists(str(ck) + ".partial-999999999")
+    ck.unlink()
+    (tmp_path / "ck.h5.partial-999999998").write_bytes(b"half written")   # unsealed: never recovered
+    assert _iteration(ck) == 1

@@ -52,25 +52,59 @@ class CheckpointError(AgreedError, RuntimeError):
     Raised on every rank alike (rank 0 broadcasts the verdict)."""
 
 
+def _writer_gone(tmp: str) -> bool:
+    """True if the writer of temporary ``<path>.partial-<pid>`` is no longer writing it: its process
+    is not alive on this host, or the file is older than this process (a requeued job on another
+    node). Never for our own."""
+    pid = tmp.rsplit("-", 1)[-1]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    except PermissionError:   # a live process of another user
+        alive = True
+    try:
+        return not alive or os.path.getmtime(tmp) < _STARTED
+    except FileNotFoundError:
+        return False
+
+
 def _remove_stale_temporaries(path: str) -> None:
-    """Delete ``<path>.partial-<pid>`` files a killed writer left: those of processes no longer
-    alive on this host, or older than this process (a requeued job on another node). Never our own."""
+    """Delete ``<path>.partial-<pid>`` files a killed writer left (see :func:`_writer_gone`)."""
     for tmp in glob.glob(glob.escape(path) + ".partial-*"):
-        pid = tmp.rsplit("-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
+        if _writer_gone(tmp):
+            try:
+                os.remove(tmp)
+            except FileNotFoundError:
+                pass
+
+
+def _recover_sealed(path: str) -> str | None:
+    """A writer killed between its two renames (``_seal``) leaves no ``path``, the old checkpoint
+    as ``.prev`` and the new one, complete and sealed, as ``<path>.partial-<pid>``: that one is
+    the last complete checkpoint, so it is renamed into place (the newest whose checksum holds).
+    Returns a note saying so, or None. Rank 0, before the candidates are opened."""
+    if os.path.lexists(path):
+        return None
+    partials = [p for p in glob.glob(glob.escape(path) + ".partial-*") if os.path.isfile(p) and _writer_gone(p)]
+    for tmp in sorted(partials, key=os.path.getmtime, reverse=True):
+        if not _sealed(tmp, hashed=True):
             continue
         try:
-            os.kill(int(pid), 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:   # a live process of another user
-            alive = True
-        try:
-            if not alive or os.path.getmtime(tmp) < _STARTED:
-                os.remove(tmp)
-        except FileNotFoundError:
-            pass
+            os.replace(tmp, path)
+            _fsync_dir(path)
+        except OSError:
+            continue
+        return f"recovered the complete checkpoint {tmp!r} (its writer was stopped before renaming it) as {path!r}"
+    return None
+
+
+# Checkpoints found damaged when a restart fell back to their .prev (rank 0, this process): the next
+# write must not rotate such a file into .prev over the good one (see _seal).
+_DAMAGED: set[str] = set()
 
 
 def _fsync_dir(path: str) -> None:
@@ -256,10 +290,30 @@ def _seal(tmp: str, path: str) -> None:
         fh.write(TRAILER.pack(MAGIC, length, digest))
         fh.flush()
         os.fsync(fh.fileno())   # on disk before the rename makes it the checkpoint
-    if os.path.exists(path):
+    # The current file becomes .prev only if it is a complete checkpoint: after a restart from .prev
+    # (the current one damaged) .prev is the last good one and must survive a failure of this write.
+    if os.path.exists(path) and _sealed(path, hashed=False) and os.path.abspath(path) not in _DAMAGED:
         os.replace(path, path + ".prev")
     os.replace(tmp, path)
+    _DAMAGED.discard(os.path.abspath(path))
     _fsync_dir(path)
+
+
+def _sealed(path: str, hashed: bool) -> bool:
+    """The file ends in a trailer whose length matches (a cheap check that a truncated or partly
+    written file fails) and, if ``hashed``, whose SHA-256 matches the image."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < TRAILER.size:
+                return False
+            fh.seek(size - TRAILER.size)
+            magic, length, digest = TRAILER.unpack(fh.read(TRAILER.size))
+            if magic != MAGIC or length != size - TRAILER.size:
+                return False
+            return not hashed or _image_digest(fh, length) == digest.hex()
+    except OSError:
+        return False
 
 
 def _shape_ok(shape: tuple, want) -> bool:
@@ -404,6 +458,9 @@ def _check_fields(group, datasets: dict, fields: dict) -> None:
 def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types, nranks=None, warn=True,
                     fields=None):
     """Rank 0: the first usable candidate of (path, path.prev) opened, or None and the error."""
+    recovered = _recover_sealed(path)
+    if recovered:
+        print(f"note: {recovered}", flush=True)
     notes = []
     for candidate in (path, path + ".prev"):
         if not os.path.exists(candidate):
@@ -420,8 +477,11 @@ def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types, 
         except OSError as err:
             notes.append(f"checkpoint {candidate!r} cannot be opened ({err.strerror or err})")
             continue
-        if candidate != path and warn:   # said once, when the run loads it (not at the check up front)
-            print(f"warning: {notes[-1]}; using the previous checkpoint {candidate!r}", flush=True)
+        if candidate != path:
+            if os.path.exists(path):
+                _DAMAGED.add(os.path.abspath(path))
+            if warn:   # said once, when the run loads it (not at the check up front)
+                print(f"warning: {notes[-1]}; using the previous checkpoint {candidate!r}", flush=True)
         opened.path = candidate
         return opened, None
     return None, notes[0] if len(notes) == 1 or "does not exist" in notes[1] else "; ".join(notes)
