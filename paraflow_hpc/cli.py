@@ -81,6 +81,7 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
     from .comm import EXIT_NON_FINITE, NonFiniteError, abort_on_uncaught_exception, check_launch, collective
     from .config import ConfigError, build_config, describe, parse_overrides, read_config_file
     from .io.checkpoint import CheckpointError, verify_checkpoint
+    from .io.results import ResultError
     from .io.paths import agree_paths
     from .runners.common import checkpoint_meta
 
@@ -140,7 +141,7 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
         # rank with that rank's traceback; agreed errors pass through and are reported once below.
         with collective(comm, f"paraflow-hpc {kind} {name}"):
             return module.main(cfg, comm)
-    except CheckpointError as err:   # raised on every rank alike (the verdict is broadcast)
+    except (CheckpointError, ResultError) as err:   # raised on every rank alike (the verdict is broadcast)
         return _fail(comm, str(err))
     except NonFiniteError as err:
         if comm.rank == 0:

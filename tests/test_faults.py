@@ -99,6 +99,18 @@ def test_exception_on_one_space_rank_inside_a_ts_solve_aborts_all(tmp_path, nran
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("method, args", [("parareal", LORENZ), ("spacetime", ["--nx", "6", "--intervals", "4"])])
+def test_result_without_disk_space_is_refused_on_every_rank(tmp_path, method, args):
+    """No room for the result: one error line, exit 2 on every rank, no partial file (was a crash
+    or an abort when HDF5 hit the full disk mid-write)."""
+    proc = run_script(2, "fail_on_one_rank.py", "disk_full", 0, "--", "run", method, *args, "--quiet",
+                      "--output", tmp_path / "r.h5", timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("error: could not write result") == 1 and "1000 free" in proc.stderr, proc.stderr
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+
+
+@pytest.mark.mpi
 def test_spacetime_nan_from_a_speculative_fine_solve_keeps_a_finite_checkpoint(tmp_path):
     """Time group 1's fine TS returns NaN once in iteration 2 or later: the run exits 4 naming the
     iteration, and the checkpoint it keeps holds the last finite state (the NaN was never written)."""

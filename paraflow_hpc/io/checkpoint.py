@@ -35,7 +35,9 @@ import h5py
 import numpy as np
 
 from ..comm import AgreedError, collective
-from .boxes import parallel_hdf5_available, read_parallel, read_scattered, write_gathered, write_parallel
+from .boxes import (parallel_hdf5_available, read_parallel, read_scattered, row_blocks, write_gathered,
+                    write_parallel)
+from .files import fsync_dir, pid_alive, placeholders
 from .schema import SchemaError, check_tree, int_attr, text_attr
 
 SCHEMA_VERSION = 2
@@ -60,14 +62,7 @@ def _writer_gone(tmp: str) -> bool:
     if not pid.isdigit() or int(pid) == os.getpid():
         return False
     try:
-        os.kill(int(pid), 0)
-        alive = True
-    except ProcessLookupError:
-        alive = False
-    except PermissionError:   # a live process of another user
-        alive = True
-    try:
-        return not alive or os.path.getmtime(tmp) < _STARTED
+        return not pid_alive(int(pid)) or os.path.getmtime(tmp) < _STARTED
     except FileNotFoundError:
         return False
 
@@ -95,7 +90,7 @@ def _recover_sealed(path: str) -> str | None:
             continue
         try:
             os.replace(tmp, path)
-            _fsync_dir(path)
+            fsync_dir(path)
         except OSError:
             continue
         return f"recovered the complete checkpoint {tmp!r} (its writer was stopped before renaming it) as {path!r}"
@@ -107,23 +102,9 @@ def _recover_sealed(path: str) -> str | None:
 _DAMAGED: set[str] = set()
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _blocks(shape: tuple, itemsize: int):
-    """Row ranges [i, j) along axis 0 of at most CHUNK_BYTES each (at least one row)."""
-    if not shape:
-        yield None
-        return
-    row = math.prod(shape[1:]) * itemsize
-    step = max(1, CHUNK_BYTES // max(row, 1))
-    for i in range(0, shape[0], step):
-        yield slice(i, min(i + step, shape[0]))
+    """Row ranges along axis 0 of at most CHUNK_BYTES each (at least one row); [None] for a scalar."""
+    return [None] if not shape else row_blocks(shape[0], math.prod(shape[1:]) * itemsize, CHUNK_BYTES)
 
 
 def _pieces(buf: np.ndarray):
@@ -213,7 +194,7 @@ def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[st
             # every rank creates the same objects (collective metadata); rank 0 writes /root's data
             meta, described = comm.bcast((meta, _describe(shared)) if comm.rank == 0 else None, root=0)
             if comm.rank != 0:
-                shared = {name: np.broadcast_to(np.zeros((), dtype=dt), shape) for name, dt, shape in described}
+                shared = placeholders(described)
             with h5py.File(tmp, "w", driver="mpio", comm=comm) as pf:
                 # guarded inside the file: closing it is collective, so a rank that raised would wait there
                 with collective(comm, f"writing checkpoint {path}"):
@@ -296,7 +277,7 @@ def _seal(tmp: str, path: str) -> None:
         os.replace(path, path + ".prev")
     os.replace(tmp, path)
     _DAMAGED.discard(os.path.abspath(path))
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
 def _sealed(path: str, hashed: bool) -> bool:

@@ -26,6 +26,7 @@ import socket
 import stat
 
 from .checkpoint import MAGIC, TRAILER
+from .files import pid_alive
 
 
 def special_file(path: str) -> str | None:
@@ -55,16 +56,6 @@ def is_checkpoint(path: str) -> bool:
             return fh.read(len(MAGIC)) == MAGIC
     except OSError:
         return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class OutputLock:
@@ -113,7 +104,7 @@ class OutputLock:
         if job and owner.get("slurm_job") == job:
             return True   # this job before its requeue
         pid = owner.get("pid")
-        return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+        return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid)
 
     def _busy(self) -> str:
         owner = self._read()

@@ -20,6 +20,7 @@ import datetime
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,10 +30,12 @@ import numpy as np
 
 from mpi4py import MPI
 
-from ..comm import allgather_per_rank, collective, mpi_library_version
+from ..comm import AgreedError, allgather_per_rank, collective, mpi_library_version
 from . import boxes as _boxes
 from .boxes import parallel_hdf5_available, row_blocks
+from .files import fsync_dir, fsync_file, placeholders
 
+SPACE_MARGIN = 2**20   # HDF5 metadata, attributes and timings on top of the arrays' bytes
 CHUNK_BYTES = 64 * 2**20   # largest MPI message / MPI-IO write; a test lowers it to check the blocks
 
 
@@ -117,8 +120,9 @@ def write_result(comm, path: str, *, method: str, config: dict, history: dict | 
     # data: they get names, shapes and dtypes only, never a pickled copy of the arrays.
     shapes = comm.bcast((meta, _describe(history), _describe(data)) if comm.rank == 0 else None, root=0)
     if comm.rank != 0:
-        meta, history, data = shapes[0], _placeholders(shapes[1]), _placeholders(shapes[2])
+        meta, history, data = shapes[0], placeholders(shapes[1]), placeholders(shapes[2])
     tmp = partial_name(path, comm.bcast(os.getpid(), root=0))
+    _check_space(comm, path, solution, blocks, history, data)
     parallel = comm.size > 1 and parallel_hdf5_available()
     # Any failure on one rank while the others sit in a collective write/close ends all ranks.
     with collective(comm, f"writing result {path}"):
@@ -135,10 +139,36 @@ def write_result(comm, path: str, *, method: str, config: dict, history: dict | 
             _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout, data, blocks)
         comm.Barrier()
         if comm.rank == 0:
-            _fsync_file(tmp)   # the data is on disk before the rename makes it the result
+            fsync_file(tmp)   # the data is on disk before the rename makes it the result
             os.replace(tmp, path)
-            _fsync_dir(path)
+            fsync_dir(path)
         comm.Barrier()
+
+
+class ResultError(AgreedError, OSError):
+    """The result cannot be written (its file system lacks the space); raised on every rank alike."""
+
+
+def _check_space(comm, path: str, solution: dict, blocks: dict, history: dict, data: dict) -> None:
+    """Collective: refuse, on every rank alike, to start a write the file system has no room for
+    (HDF5 may crash rather than fail when the disk fills up mid-write)."""
+    local = sum(a.nbytes for a in solution.values()) + sum(a.nbytes for _, _, a in blocks.values())
+    need = comm.allreduce(local) + SPACE_MARGIN
+    error = None
+    if comm.rank == 0:
+        need += sum(a.nbytes for a in (*history.values(), *data.values()))
+        try:
+            directory = os.path.dirname(os.path.abspath(path))
+            os.makedirs(directory, exist_ok=True)
+            free = shutil.disk_usage(directory).free
+            if free < need:
+                error = (f"could not write result {path!r}: {need} bytes needed, {free} free on that file system; "
+                         "free some space or choose another --output (a checkpoint, if any, is kept)")
+        except OSError as err:
+            error = f"could not write result {path!r}: {err}"
+    error = comm.bcast(error, root=0)
+    if error:
+        raise ResultError(error)
 
 
 def partial_name(path: str, pid: int) -> str:
@@ -149,23 +179,6 @@ def partial_name(path: str, pid: int) -> str:
 
 def _describe(arrays: dict) -> list[tuple[str, str, tuple]]:
     return [(name, arr.dtype.str, arr.shape) for name, arr in arrays.items()]
-
-
-def _placeholders(layout) -> dict[str, np.ndarray]:
-    """Arrays of the right shape and dtype that take no memory (read-only broadcasts of a zero)."""
-    return {name: np.broadcast_to(np.zeros((), dtype=dt), shape) for name, dt, shape in layout}
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    _fsync_file(os.path.dirname(os.path.abspath(path)) or ".")
 
 
 def _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout, data, boxes) -> None:

@@ -19,6 +19,7 @@ Usage: fail_on_one_rank.py WHERE RANK -- CLI ARGS. WHERE is one of
                      solve of the space-time run, while the other space ranks wait in TSSolve)
   fine_nan_at        on every rank of time group 1 (world ranks S .. 2S - 1), the RANK-th call of the fine
                      TS propagator returns NaN (a failed speculative F solve, space-time)
+  disk_full          on RANK, the file system reports 1000 bytes free (shutil.disk_usage)
   rhs_nan_after      on EVERY rank, the right-hand side returns NaN after RANK calls (a diverging F
                      in a later iteration, after checkpoints were written)
 The exit code is the CLI's (or MPI_Abort's); the test asserts no hang and one message.
@@ -94,6 +95,11 @@ elif where == "fine_nan_at":
                 if calls["n"] == rank:
                     out.set(float("nan"))
         propagators_petsc.TSPropagator.__call__ = nan_once
+elif where == "disk_full" and me == rank:
+    import collections
+    import shutil
+    usage = collections.namedtuple("usage", "total used free")
+    shutil.disk_usage = lambda path: usage(10**12, 10**12 - 1000, 1000)
 elif where == "rhs_nan_after":
     def nan_later(original):
         def f(self, t, y):
