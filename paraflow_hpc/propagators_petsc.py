@@ -25,7 +25,7 @@ from __future__ import annotations
 import ctypes
 import shlex
 
-from .petsc_options import option_names, petsc
+from .petsc_options import is_number, option_names, petsc
 
 TS_TYPES = ("beuler", "cn", "theta", "bdf", "arkimex", "rosw")
 
@@ -296,6 +296,75 @@ def insert_options(PETSc, options: str) -> list[str]:
     if tokens:
         PETSc.Options().insertString(" ".join(shlex.quote(t) for t in tokens))
     return option_names(options)
+
+
+def check_options(PETSc, options: str, ts_types: dict[str, str]) -> str | None:
+    """Whether PETSc accepts ``options`` (a ``--petsc`` string), tried before any collective work:
+    for each prefix in ``ts_types`` (e.g. ``{"coarse_": "beuler", "fine_": "cn"}``) a TS with that
+    default type and the propagators' solver defaults reads its options on COMM_SELF, as the real
+    one will. Returns None, or a message naming the refused option(s). The same on every rank.
+
+    The options are read under a private copy of the prefix (``check<prefix>``), so the flags by
+    which :func:`unused_options` tells which options G and F read stay untouched.
+    """
+    tokens = shlex.split(options or "")
+    pairs, i = [], 0
+    while i < len(tokens):   # (name, value or None): a value is the next token unless it is an option
+        value = tokens[i + 1] if i + 1 < len(tokens) and (not tokens[i + 1].startswith("-") or
+                                                           is_number(tokens[i + 1])) else None
+        pairs.append((tokens[i].lstrip("-"), value))
+        i += 1 if value is None else 2
+    solvers = {v for k, v in vars(PETSc.Mat.SolverType).items() if not k.startswith("_")}
+    for name, value in pairs:
+        if name.endswith("_type") and value is None:
+            return f"PETSc option -{name} needs a value (a type name), e.g. \"-{name} <type>\""
+        if name.endswith("pc_factor_mat_solver_type") and value not in solvers:
+            return (f"PETSc option -{name} {value}: unknown solver package; one of {', '.join(sorted(solvers))} "
+                    "(and only those this PETSc was built with)")
+
+    def refused(subset) -> int:
+        """PETSc's error code for reading ``subset`` under the private prefixes, 0 if accepted."""
+        db = PETSc.Options()
+        copies = [("check" + name, value) for name, value in subset]
+        for name, value in copies:
+            db.setValue(name, "" if value is None else value)
+        code = 0
+        PETSc.Sys.pushErrorHandler("ignore")   # our message names the option; PETSc's would be per rank
+        try:
+            for prefix, ts_type in ts_types.items():
+                ts = PETSc.TS().create(comm=PETSc.COMM_SELF)
+                try:
+                    ts.setOptionsPrefix("check" + prefix)
+                    ts.setType(ts_type)
+                    ksp = ts.getSNES().getKSP()
+                    ksp.setType("preonly")
+                    ksp.getPC().setType("lu")
+                    ts.setFromOptions()
+                    ts.getSNES().setFromOptions()
+                    ksp.setFromOptions()
+                    ksp.getPC().setFromOptions()
+                except PETSc.Error as err:
+                    code = code or err.ierr
+                finally:
+                    ts.destroy()
+        finally:
+            PETSc.Sys.popErrorHandler()
+            for name, _ in copies:
+                db.delValue(name)
+        return code
+
+    prefixed = [(n, v) for n, v in pairs if any(n.startswith(p) for p in ts_types)]
+    if not refused(prefixed):
+        return None
+    for j in range(len(prefixed)):   # the first option whose addition is refused (it may need earlier ones)
+        code = refused(prefixed[:j + 1])
+        if code:
+            name, value = prefixed[j]
+            break
+    what = {86: "unknown type (misspelt, or from a package this PETSc lacks)", 62: "a value of the wrong kind",
+            63: "a value PETSc cannot read or out of range"}
+    return (f"PETSc refused -{name}{'' if value is None else ' ' + value}: {what.get(code, f'error code {code}')}; "
+            "see the PETSc manual page of that TS/SNES/KSP/PC type or option")
 
 
 def unused_options(names: list[str]) -> list[str] | None:
