@@ -67,6 +67,9 @@ class RunConfig:
 
 def _coerce(name: str, raw, typ, choices):
     origin = typing.get_origin(typ)
+    if raw is FLAG and typ is not bool:
+        flag = "--" + name.replace("_", "-")
+        raise ConfigError(f"{flag} needs a value: {flag} VALUE (only on/off options such as --overwrite stand alone)")
     if origin is typing.Union or str(origin) == "types.UnionType":
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
     try:
@@ -148,6 +151,13 @@ def parse_mapping(name: str, raw) -> dict:
     return out
 
 
+class _Flag(str):
+    """The value of an option given without one (``--overwrite``): true for a flag, an error otherwise."""
+
+
+FLAG = _Flag("true")
+
+
 def parse_overrides(args: list[str]) -> dict[str, str]:
     """``--key value`` / ``--key=value`` / ``--flag`` pairs; dashes in keys become underscores."""
     out: dict[str, str] = {}
@@ -162,7 +172,7 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
                 value = args[i + 1]
                 i += 1
             else:
-                value = "true"
+                value = FLAG
         out[key.replace("-", "_")] = value
         i += 1
     return out
