@@ -316,6 +316,8 @@ def test_checkpoint_on_read_only_file_system(tmp_path):
 def test_bad_option_printed_once_on_three_ranks(tmp_path):
     result = parareal(3, "--output", tmp_path / "r.h5", "--fine-steps", "0")
     refused(result, "fine_steps = 0: must be >= 1")
+    refused(run_cli(2, ["bench", "parareal", "--checkpoint-every", "1"], check=False, timeout=120),
+            "checkpoint_every = 1: benchmarks write no checkpoints")
     refused(run_cli(3, ["run", "pararael"], check=False, timeout=120), "unknown method 'pararael'; choose one of")
 
 

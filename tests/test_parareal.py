@@ -212,6 +212,7 @@ def test_checkpoint_from_other_rank_count_or_problem_is_refused(tmp_path, checkp
     (["--colour", "red"], "unknown option 'colour' for parareal; allowed:"),
     (["--fine-stpes", "3"], "unknown option 'fine_stpes' for parareal; did you mean --fine-steps? allowed:"),
     (["--intervals", "ten"], "intervals = 'ten': expected int"),
+    (["--fine-steps"], "--fine-steps needs a value: --fine-steps VALUE"),
     (["--stop", "jump"], "stop = 'jump' is not allowed; choose one of: residual, update"),
     (["--norm", "l1"], "norm = 'l1' is not allowed; choose one of: max, l2"),
 ])

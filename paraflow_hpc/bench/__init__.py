@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..config import RunConfig, option
+from ..config import ConfigError, RunConfig, option
 
 BENCHES = {
     "parareal": "paraflow_hpc.bench.parareal", "mgrit": "paraflow_hpc.bench.mgrit",
@@ -27,6 +27,14 @@ class BenchConfig(RunConfig):
     table: str = option("", "markdown table file (default: the HDF5 output with .md)")
     # Benchmarks are meant to be re-run: they replace their files by default and say so.
     overwrite: bool = option(True, "replace an existing --output (false: refuse it)")
+
+    def validate(self, comm_size: int) -> None:
+        super().validate(comm_size)
+        # inherited from RunConfig, but a benchmark times whole runs and never checkpoints
+        for key in ("checkpoint", "checkpoint_every", "restart"):
+            if getattr(self, key):
+                raise ConfigError(f"{key} = {getattr(self, key)!r}: benchmarks write no checkpoints and do not "
+                                  f"restart; drop --{key.replace('_', '-')} (use paraflow-hpc run for that)")
 
     def write_table(self, comm, text: str) -> str:
         """Rank 0 writes the markdown table; every rank gets its path."""
