@@ -61,6 +61,9 @@ def load_run(path: str) -> dict:
             "config": json.loads(attrs.get("config", "{}")),
             "history": {k: f["history"][k][()] for k in f.get("history", {})},
             "timings": {k: f["timings"][k][()] for k in _leaf_names(f.get("timings"))},
+            # a benchmark's measurements: one entry per configuration it ran (bench/*.py)
+            "data": ({k: f["data"][k][()] for k in f.get("data", {})}
+                     if str(attrs.get("method", "")).startswith("bench-") else {}),
         }
     run["ranks"] = int(attrs["mpi_size"])
     totals = run["timings"].get("total")
@@ -99,6 +102,11 @@ def check_result(f: h5py.File, file_size: int) -> None:
             numeric(ds, path)
             if ds.shape != (ranks,):
                 raise SchemaError(f"/{path} has shape {ds.shape}; one entry per rank ({ranks}) was expected")
+    if str(f.attrs.get("method", "")).startswith("bench-") and isinstance(f.get("data"), h5py.Group):
+        for name, ds in f["data"].items():
+            if not isinstance(ds, h5py.Dataset):
+                raise SchemaError(f"/data/{name} is not a dataset")
+            numeric(ds, f"data/{name}")
     for name in f.get("history", {}):
         if not isinstance(f["history"][name], h5py.Dataset):
             raise SchemaError(f"/history/{name} is not a dataset")
@@ -128,10 +136,10 @@ def to_rows(runs: list[dict]) -> list[dict]:
     rows = []
     for run, label in zip(runs, labels(runs)):
         row = {"file": label, "method": run["attrs"].get("method", ""),
-               "problem": run["config"].get("problem", ""), "ranks": run["ranks"],
-               "wall_seconds": run["wall_seconds"],
-               "compute_seconds_mean": float(np.mean(run["compute_seconds"])),
-               "wait_seconds_mean": float(np.mean(run["wait_seconds"]))}
+               "problem": run["config"].get("problem", ""), "ranks": run["ranks"]}
+        if run["timings"]:   # benchmarks time their configurations in /data instead (bench_tables)
+            row.update(wall_seconds=run["wall_seconds"], compute_seconds_mean=float(np.mean(run["compute_seconds"])),
+                       wait_seconds_mean=float(np.mean(run["wait_seconds"])))
         for key in ("iterations", "converged", "speedup", *SUMMARY_ATTRS.get(row["method"], ())):
             if key in run["attrs"]:
                 row[key] = run["attrs"][key]
@@ -140,6 +148,21 @@ def to_rows(runs: list[dict]) -> list[dict]:
                 row[f"{name}_final"] = float(series[-1])
         rows.append(row)
     return rows
+
+
+def bench_tables(runs: list[dict], names: list[str]) -> str:
+    """Markdown: per benchmark file, its measurements, one row per configuration it ran (the 1-D
+    datasets of /data that share the configurations' count)."""
+    parts = []
+    for run, name in zip(runs, names):
+        data = {k: v for k, v in run["data"].items() if v.ndim == 1}
+        if not data:
+            continue
+        n = max(len(v) for v in data.values())
+        columns = {k: v for k, v in data.items() if len(v) == n}
+        rows = [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in columns.items()} for i in range(n)]
+        parts.append(f"## {name}: {run['attrs'].get('method')}, one row per configuration\n\n" + _markdown_table(rows))
+    return "\n".join(parts)
 
 
 def scaling_groups(runs: list[dict]) -> dict[str, list[dict]]:
@@ -228,12 +251,17 @@ def plot_scaling(groups, path):
     fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(10, 4.2))
     base_ranks = min(runs[0]["ranks"] for runs in groups.values())
     max_ranks = max(runs[-1]["ranks"] for runs in groups.values())
-    for runs in groups.values():
+    configs = [{k: v for k, v in runs[0]["config"].items() if k not in PATH_OPTIONS} for runs in groups.values()]
+    # the options that tell the groups apart (e.g. space_ranks, coarse_grid_factor) go into the legend
+    differ = sorted(k for k in set().union(*configs) if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1
+                    and k not in ("method", "problem"))
+    for runs, config in zip(groups.values(), configs):
         base = runs[0]
         ranks = np.array([r["ranks"] for r in runs])
         speedup = base["wall_seconds"] * base["ranks"] / base_ranks / np.array([r["wall_seconds"] for r in runs])
         ideal = ranks / base_ranks
-        label = f"{base['attrs'].get('method')} {base['config'].get('problem', '')}".strip()
+        label = " ".join([f"{base['attrs'].get('method')} {base['config'].get('problem', '')}".strip(),
+                          *(f"{k}={config.get(k)}" for k in differ)])
         ax_s.plot(ranks, speedup, marker="o", label=label)
         ax_e.plot(ranks, speedup / ideal, marker="o", label=label)
     line = np.array([base_ranks, max_ranks])
@@ -308,6 +336,10 @@ def main(files: list[str], out_dir: str) -> int:
     md, csv_path = write_tables(to_rows(runs), out_dir)
     outputs = [md, csv_path]
     names = labels(runs)
+    benches = bench_tables(runs, names)
+    if benches:
+        with open(md, "a") as fh:
+            fh.write("\n" + benches)
     plot_convergence(runs, names, os.path.join(out_dir, "convergence.png"))
     plot_timings(runs, names, os.path.join(out_dir, "timings.png"))
     outputs += [os.path.join(out_dir, "convergence.png"), os.path.join(out_dir, "timings.png")]

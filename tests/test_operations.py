@@ -155,3 +155,20 @@ def test_main_job_runs_end_to_end():
     assert "summary of results/parareal-lorenz.h5: method=parareal ranks=2 iterations=11 converged=True" \
         in done.stdout
     assert "the schedule's bound" in done.stdout and "P/(K+1) = 2/12" in done.stdout
+
+
+@pytest.mark.mpi
+def test_report_of_a_benchmark_shows_its_configurations(tmp_path):
+    """A bench file times configurations, not one run: report shows one row per configuration (not a
+    row of NaN timings), and a scaling legend names the options that tell runs apart."""
+    bench = tmp_path / "b.h5"
+    run_cli(2, ["bench", "spacetime", "--nx", "8", "--intervals", "2", "--quiet", "--output", bench], timeout=180)
+    done = subprocess.run([sys.executable, "-m", "paraflow_hpc", "report", str(bench), "--out", str(tmp_path / "rep")],
+                          capture_output=True, text=True, env=mpi_env(), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = (tmp_path / "rep" / "summary.md").read_text()
+    assert "nan" not in summary.split("## ")[0], summary        # the file's own row: no timings to show
+    rows = summary.split("one row per configuration")[1].strip().splitlines()
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    layouts = [dict(zip(header, (c.strip() for c in row.strip("|").split("|")))) for row in rows[2:]]
+    assert sorted((r["time_groups"], r["space_ranks"]) for r in layouts) == [("1", "2"), ("2", "1")], summary
