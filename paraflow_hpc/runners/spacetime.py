@@ -244,6 +244,8 @@ def main(cfg: Config, comm) -> int:
         PETSc = petsc(comm)
         insert_options(PETSc, cfg.petsc)
     problem, coarse, fine, u0 = make_solvers(comm, comm_space, cfg, layout)
+    for counted in (problem, coarse.problem):  # the solves' evaluations, not the set-up's probe: every
+        counted.nfev = counted.njev = 0         # segment of a restarted run then adds up to the whole run
     times = np.linspace(r["t0"], r["tf"], cfg.intervals + 1)
     progress(f"space-time Parareal on {comm.size} ranks = {_describe(layout)}: {problem.name} on "
              f"{cfg.nx} x {r['ny']}, t in [{r['t0']}, {r['tf']}], N = {cfg.intervals}, "
