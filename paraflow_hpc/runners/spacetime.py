@@ -6,10 +6,13 @@ solvers configured from ``--petsc "-coarse_ts_type cn -fine_ksp_type cg ..."`` (
 ``coarse_`` and ``fine_``; options nobody read are reported at the end, as ``-options_left`` does).
 ``--coarse-grid-factor c`` runs G on the grid coarsened by c (G = P G_c R, ``propagators_petsc``).
 The boundary states go to ``/solution/u`` (N, ny, nx), each rank writing its own box through
-parallel HDF5. Checkpoints hold the global fields (boundaries, G and F values: (N + 1 or N, ny, nx)),
-each rank writing and reading its own box through parallel HDF5, so a run restarts on any (P, S)
-layout: bit-identically on the one that wrote it, and on another one with the same iterates up to
-the round-off of its other space decomposition (the redistribution is the reading). A failed TS
+parallel HDF5. Checkpoints hold the global fields (boundaries, G and F values, the sequential fine
+solution: (N + 1 or N, ny, nx)), each rank writing and reading its own box through parallel HDF5,
+so a run restarts on any (P, S) layout: bit-identically on the one that wrote it, and on another
+one with the same iterates up to the round-off of its other space decomposition (the
+redistribution is the reading). A stop request is honoured between iterations and between the
+subintervals of the sequential fine sweep, which a restart continues; the result's seconds and
+``total_*`` counters cover all segments of a restarted run (``timings_cover``). A failed TS
 solve or a non-finite update ends the run with NonFiniteError (exit 4) naming the first failure.
 """
 from __future__ import annotations
