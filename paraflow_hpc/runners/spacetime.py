@@ -135,7 +135,7 @@ class Config(RunConfig):
     # recomputes the reference nor forgets the work done: the subintervals of the sequential fine
     # solution done (N once complete, 0 without --reference), and the wall seconds so far of it and
     # of Parareal (max over ranks, summed over segments); meta "counters" sums the counters over all
-    # ranks and segments (checked by _carried).
+    # ranks and segments (checked by _Totals.carried).
     checkpoint_meta = {"reference_done": int, "reference_seconds": float, "parareal_seconds": float}
 
     def checkpoint_limits(self) -> dict:
