@@ -6,11 +6,18 @@ bad layouts refused, restart bit-identical on the layout that wrote it and equal
 G on a coarser grid (--coarse-grid-factor): the grid transfers, exactness, layout independence,
 convergence, refusals.
 """
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli, run_script
+from conftest import mpi_env, run_cli, run_script
 
 pytestmark = pytest.mark.mpi
 
@@ -31,8 +38,48 @@ def run_st(tmp_path, layout, args, name, timeout=240, check=True):
         return None, proc
     with h5py.File(out, "r") as f:
         result = {"u": f["solution/u"][...], "update": f["history/update_norm"][...],
-                  "error": f["history/error"][...], "times": f["data/times"][...], **dict(f.attrs)}
+                  "error": f["history/error"][...], "times": f["data/times"][...],
+                  "counters": {name: ds[()] for name, ds in f["counters"].items()}, **dict(f.attrs)}
     return result, proc
+
+
+def run_st_stopped(tmp_path, layout, args, name, timeout=240):
+    """``run_st``, with SIGUSR1 sent to one rank the moment it catches it (the CLI installs the
+    handler before its imports), so the stop is requested before the sequential fine solution
+    starts: the run stops at that sweep's first safe point. Returns the process (stdout, stderr read)."""
+    p, s = layout
+    cmd = ["mpirun", "-n", str(p * s), sys.executable, "-m", "paraflow_hpc", "run", "spacetime", "--space-ranks",
+           str(s), "--output", str(tmp_path / f"{name}.h5"), *args]
+    proc = subprocess.Popen(cmd, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            ready = [int(pid) for pid in ranks if _catches_sigusr1(int(pid))]
+            if ready:
+                os.kill(ready[-1], signal.SIGUSR1)
+                break
+            time.sleep(0.002)
+        out, err = proc.communicate(timeout=max(1.0, deadline - time.time()))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _catches_sigusr1(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            caught = int(next(line for line in fh if line.startswith("SigCgt:")).split()[1], 16)
+    except (FileNotFoundError, ProcessLookupError, StopIteration):   # not started or already gone
+        return False
+    return bool(caught >> (signal.SIGUSR1 - 1) & 1)
+
+
+def checkpoint_meta(path) -> dict:
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["meta"])
 
 
 @pytest.fixture(scope="module")
@@ -217,20 +264,29 @@ def test_failed_ts_solve_exits_4_naming_it(tmp_path):
 def test_restart_is_bit_identical_and_any_layout_reads_the_checkpoint(tmp_path):
     args = [*HEAT, "--intervals", "6", "--tol", "0", "--checkpoint-every", "2"]
     full, _ = run_st(tmp_path, (2, 2), [*args, "--checkpoint", str(tmp_path / "ck.h5")], "full")
+    meta = checkpoint_meta(tmp_path / "ck.h5")
+    assert meta["iteration"] == 4 and meta["reference_done"] == 6  # the last checkpoint before k = N = 6
     with h5py.File(tmp_path / "ck.h5", "r") as f:
-        assert '"iteration": 4' in f.attrs["meta"]  # the last checkpoint before k = N = 6
         # global fields, every rank's box in place: no per-rank groups
-        assert sorted(f) == ["fields", "root"] and f["fields/boundaries"].shape == (7, 5, 6)
+        assert sorted(f) == ["fields", "root"] and sorted(f["fields"]) == ["boundaries", "coarse_old", "fine",
+                                                                           "reference"]
+        assert f["fields/boundaries"].shape == f["fields/reference"].shape == (7, 5, 6)
         assert f["fields/fine"].shape == f["fields/coarse_old"].shape == (6, 5, 6)
-        boundaries = f["fields/boundaries"][()]
-    # after iteration 4 the boundaries U_1 .. U_4 are exact: equal to the final fine solution
+        boundaries, reference = f["fields/boundaries"][()], f["fields/reference"][()]
+    # after iteration 4 the boundaries U_1 .. U_4 are exact: equal to the final fine solution, which at
+    # k = N is the sequential one (bit for bit on this layout)
     np.testing.assert_array_equal(boundaries[1:5], full["u"][:4])
+    np.testing.assert_array_equal(reference[1:], full["u"])
     restarted, _ = run_st(tmp_path, (2, 2), [*args, "--restart", str(tmp_path / "ck.h5"),
                                              "--checkpoint", str(tmp_path / "ck2.h5")], "restarted")
     np.testing.assert_array_equal(restarted["u"], full["u"])
     np.testing.assert_array_equal(restarted["update"], full["update"])
     np.testing.assert_array_equal(restarted["error"], full["error"])
     assert restarted["iterations"] == full["iterations"] == 6
+    # the reference was read, not recomputed: the two segments did exactly the uninterrupted run's work
+    assert restarted["segment_serial_fine_seconds"] == 0
+    assert restarted["serial_fine_seconds"] == meta["reference_seconds"] > 0
+    assert_totals_add_up(restarted, meta, full)
     # other splits and world sizes read their boxes of the same file: the same iterates, up to the
     # round-off of another space decomposition, and the history of the first 4 iterations as stored
     scale = np.abs(full["u"]).max()
@@ -255,6 +311,63 @@ def test_restart_is_bit_identical_and_any_layout_reads_the_checkpoint(tmp_path):
     # another problem size is refused before any work, naming the option
     _expect_bad_input(4, ["--space-ranks", "2", *args, "--nx", "8", "--restart", str(tmp_path / "ck.h5")],
                       "has nx = 6, this run has 8", tmp_path)
+
+
+def assert_totals_add_up(result, meta, full=None):
+    """A restarted run's totals are the checkpoint's (all ranks and segments before) plus its own
+    segment's counters summed over ranks, its seconds at least the segment's; with ``full`` (the
+    uninterrupted run on the same layout) they equal that run's, every counter."""
+    assert "all segments" in result["timings_cover"] and "this segment" in result["timings_cover"]
+    assert result["parareal_seconds"] >= result["segment_parareal_seconds"] > 0
+    assert result["serial_fine_seconds"] >= result["segment_serial_fine_seconds"] >= 0
+    assert result["speedup"] == result["serial_fine_seconds"] / result["parareal_seconds"]
+    assert result["counters"].keys() == meta["counters"].keys()
+    for name, per_rank in result["counters"].items():
+        assert result[f"total_{name}"] == meta["counters"][name] + per_rank.sum() >= per_rank.sum(), name
+        if full is not None:
+            assert result[f"total_{name}"] == full[f"total_{name}"] == full["counters"][name].sum(), name
+
+
+def test_stop_in_the_sequential_fine_solution_checkpoints_it_and_the_restarts_finish_the_same_run(tmp_path):
+    """SIGUSR1 before the reference sweep ends: the ranks agree between two of its subintervals,
+    checkpoint the reference so far (iteration 0: no Parareal state yet) and exit 3; restarts go on
+    from there (a second stop one subinterval later), bit-identical on the layout that wrote it, to
+    round-off on others (more time groups: a block's first value U_a comes from the file)."""
+    args = [*HEAT, "--intervals", "6", "--tol", "0"]
+    full, _ = run_st(tmp_path, (2, 2), args, "full")
+    ck1, ck2 = tmp_path / "ck1.h5", tmp_path / "ck2.h5"
+    proc = run_st_stopped(tmp_path, (2, 2), [*args, "--checkpoint", str(ck1)], "stopped1")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "checkpoint of the sequential fine solution after subinterval 1 of 6" in proc.stdout
+    assert "(stop requested by " in proc.stdout and not (tmp_path / "stopped1.h5").exists()
+    meta1 = checkpoint_meta(ck1)
+    assert (meta1["iteration"], meta1["reference_done"], meta1["parareal_seconds"]) == (0, 1, 0)
+    assert meta1["counters"]["fine_calls"] == 2 and meta1["counters"]["coarse_calls"] == 0  # one F on S = 2 ranks
+    with h5py.File(ck1, "r") as f:
+        reference = f["fields/reference"][()]
+        assert not f["fields/boundaries"][()].any()  # no iterate yet: the state's fields are zeros
+    np.testing.assert_array_equal(reference[1], full["u"][0])
+    assert not reference[2:].any()
+    proc = run_st_stopped(tmp_path, (2, 2), [*args, "--restart", str(ck1), "--checkpoint", str(ck2)], "stopped2")
+    assert proc.returncode == 3 and "in the sequential fine solution, after subinterval 1 of 6" in proc.stdout
+    meta2 = checkpoint_meta(ck2)
+    assert meta2["reference_done"] == 2 and meta2["counters"]["fine_calls"] == 4
+    assert meta2["reference_seconds"] > meta1["reference_seconds"]
+    restarted, _ = run_st(tmp_path, (2, 2), [*args, "--restart", str(ck2), "--checkpoint", str(tmp_path / "ck3.h5")],
+                          "restarted")
+    for key in ("u", "update", "error"):
+        np.testing.assert_array_equal(restarted[key], full[key])
+    assert restarted["iterations"] == 6 and restarted["restarted_from"] == str(ck2)
+    assert restarted["segment_serial_fine_seconds"] > 0  # it computed the rest of the reference
+    assert_totals_add_up(restarted, meta2, full)
+    scale = np.abs(full["u"]).max()
+    for layout, ck in (((1, 2), ck1), ((4, 1), ck2)):
+        other, _ = run_st(tmp_path, layout, [*args, "--restart", str(ck), "--checkpoint",
+                                             str(tmp_path / f"ck-{layout}.h5")], f"other-{layout[0]}x{layout[1]}")
+        assert (other["time_groups"], other["space_ranks"]) == layout and other["iterations"] == 6
+        np.testing.assert_allclose(other["u"], full["u"], rtol=0, atol=1e-13 * scale)
+        np.testing.assert_allclose(other["error"], full["error"], rtol=1e-9, atol=1e-15)
+        assert_totals_add_up(other, checkpoint_meta(ck))
 
 
 def test_bench_spacetime_writes_every_layout(tmp_path):

@@ -77,15 +77,17 @@ class SpaceTimeResult:
     coarse_calls: int
 
 
+def zero_vecs(template, count: int) -> list:
+    """``count`` new Vecs shaped like ``template``, all zero."""
+    out = [template.duplicate() for _ in range(count)]
+    for v in out:
+        v.zeroEntries()
+    return out
+
+
 def new_state(k: int, template, m: int) -> SpaceTimeState:
     """A zero state for a block of ``m`` subintervals, Vecs shaped like ``template``."""
-    def vecs(count):
-        out = [template.duplicate() for _ in range(count)]
-        for v in out:
-            v.zeroEntries()
-        return out
-
-    return SpaceTimeState(k, vecs(m + 1), vecs(m), vecs(m))
+    return SpaceTimeState(k, zero_vecs(template, m + 1), zero_vecs(template, m), zero_vecs(template, m))
 
 
 def _norm_inf(vec) -> float:
@@ -103,27 +105,41 @@ def _send(comm_time, vec, dest: int) -> None:
     comm_time.Send(vec.getArray(readonly=True), dest=dest, tag=TAG_BOUNDARY)
 
 
-def serial_fine_st(comm_time, fine: Callable, u0, times: np.ndarray, timers: Timers | None = None) -> list:
-    """The sequential fine solution at this time group's boundaries U_a .. U_b (new Vecs).
+def serial_fine_st(comm_time, fine: Callable, u0, times: np.ndarray, timers: Timers | None = None, *,
+                   out: list | None = None, start: int = 0,
+                   after_subinterval: Callable[[int], bool] | None = None) -> tuple[list, int]:
+    """The sequential fine solution at this time group's boundaries U_a .. U_b: (Vecs, subintervals done).
 
     A chain through the time groups (each applies F to its block after receiving its start
     value), so it costs as long as one space-parallel group doing all N fine solves: the
-    reference for the error and the space-only baseline.
+    reference for the error and the space-only baseline. The groups step through the N
+    subintervals in lock-step (the one owning subinterval n computes, the others pass), so that
+    ``after_subinterval(n)``, called on every rank between subintervals n - 1 and n (n = 1 .. N - 1),
+    may be collective over all P·S ranks; returning True stops the sweep there, with n done.
+
+    ``out``: this group's m + 1 Vecs to fill (new zero Vecs if None); a sweep continued from
+    ``start`` > 0 (a checkpoint) must hold U_n correctly for a <= n <= min(b, start): the value
+    the next subinterval starts from, in the group that owns it.
     """
     timers = timers or Timers()
-    a, b = block_partition(len(times) - 1, comm_time.size, comm_time.rank)
-    out = [u0.duplicate() for _ in range(b - a + 1)]
-    if comm_time.rank == 0:
+    n_intervals = len(times) - 1
+    a, b = block_partition(n_intervals, comm_time.size, comm_time.rank)
+    out = zero_vecs(u0, b - a + 1) if out is None else out
+    if comm_time.rank == 0 and start == 0:
         u0.copy(out[0])
-    else:
-        with timers("wait"):
-            _recv(comm_time, out[0], comm_time.rank - 1)
-    with timers("fine"):
-        for i, n in enumerate(range(a, b)):
-            fine(out[i], times[n], times[n + 1], out[i + 1])
-    if comm_time.rank < comm_time.size - 1:
-        _send(comm_time, out[-1], comm_time.rank + 1)
-    return out
+    for n in range(start, n_intervals):
+        if a <= n < b:
+            with timers("fine"):
+                fine(out[n - a], times[n], times[n + 1], out[n - a + 1])
+        # U_{n+1} starts the next group's block: handed on within this step, before any collective
+        if n + 1 == b and comm_time.rank < comm_time.size - 1:
+            _send(comm_time, out[-1], comm_time.rank + 1)
+        if n + 1 == a:
+            with timers("wait"):
+                _recv(comm_time, out[0], comm_time.rank - 1)
+        if n + 1 < n_intervals and after_subinterval is not None and after_subinterval(n + 1):
+            return out, n + 1
+    return out, n_intervals
 
 
 def parareal_st(comm_time, coarse: Callable, fine: Callable, u0, times: np.ndarray, *,

@@ -127,7 +127,7 @@ def run_layout(comm, cfg: Config, space_ranks: int, coarse_grid_factor: int = 1)
 
     timers = Timers()
     comm.Barrier()
-    reference = serial_fine_st(comm_time, fine, u0, times, timers)
+    reference, _ = serial_fine_st(comm_time, fine, u0, times, timers)
     comm.Barrier()
     serial_seconds = comm.allreduce(timers.elapsed(), op=MPI.MAX)
     row = {"time_groups": p, "space_ranks": space_ranks, "coarse_grid_factor": coarse_grid_factor,

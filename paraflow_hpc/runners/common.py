@@ -68,15 +68,24 @@ class CheckpointHook:
         if bad:
             raise NonFiniteError(f"non-finite state after iteration {iteration}: {self.fix}")
         if stop or (self.every and iteration % self.every == 0):
-            save_checkpoint(self.comm, self.path, self.kind, {**self.identity, **(meta or {}),
-                                                              "iteration": iteration},
-                            rank_arrays(), root_arrays() if root_arrays else None,
-                            fields() if fields else None)
-            self.written += 1
-            if self.progress:
-                self.progress(f"checkpoint after iteration {iteration} -> {self.path}" +
-                              (f" (stop requested by {self.stop.signal_name or 'another rank'})" if stop else ""))
+            self.save(iteration, rank_arrays, root_arrays, meta, fields, stopped=stop)
         return stop
+
+    def stop_requested(self) -> bool:
+        """Collective: whether any rank has a stop request, for a safe point that is not an
+        iteration (e.g. between the subintervals of a sequential reference sweep)."""
+        return bool(self.comm.allreduce(int(self.stop.flag), op=MPI.MAX))
+
+    def save(self, iteration: int, rank_arrays, root_arrays=None, meta=None, fields=None, stopped: bool = False,
+             what: str = "") -> None:
+        """Collective: writes a checkpoint now (arguments as :meth:`__call__`); ``what`` names the
+        point in the log (default: after iteration ``iteration``), ``stopped`` says why."""
+        save_checkpoint(self.comm, self.path, self.kind, {**self.identity, **(meta or {}), "iteration": iteration},
+                        rank_arrays(), root_arrays() if root_arrays else None, fields() if fields else None)
+        self.written += 1
+        if self.progress:
+            self.progress(f"checkpoint {what or f'after iteration {iteration}'} -> {self.path}" +
+                          (f" (stop requested by {self.stop.signal_name or 'another rank'})" if stopped else ""))
 
     def load(self, path: str, boxes: dict | None = None):
         """Collective: (meta, this rank's arrays, root arrays); ``boxes`` ``{name: (offset, shape)}``:

@@ -6,10 +6,13 @@ solvers configured from ``--petsc "-coarse_ts_type cn -fine_ksp_type cg ..."`` (
 ``coarse_`` and ``fine_``; options nobody read are reported at the end, as ``-options_left`` does).
 ``--coarse-grid-factor c`` runs G on the grid coarsened by c (G = P G_c R, ``propagators_petsc``).
 The boundary states go to ``/solution/u`` (N, ny, nx), each rank writing its own box through
-parallel HDF5. Checkpoints hold the global fields (boundaries, G and F values: (N + 1 or N, ny, nx)),
-each rank writing and reading its own box through parallel HDF5, so a run restarts on any (P, S)
-layout: bit-identically on the one that wrote it, and on another one with the same iterates up to
-the round-off of its other space decomposition (the redistribution is the reading). A failed TS
+parallel HDF5. Checkpoints hold the global fields (boundaries, G and F values, the sequential fine
+solution: (N + 1 or N, ny, nx)), each rank writing and reading its own box through parallel HDF5,
+so a run restarts on any (P, S) layout: bit-identically on the one that wrote it, and on another
+one with the same iterates up to the round-off of its other space decomposition (the
+redistribution is the reading). A stop request is honoured between iterations and between the
+subintervals of the sequential fine sweep, which a restart continues; the result's seconds and
+``total_*`` counters cover all segments of a restarted run (``timings_cover``). A failed TS
 solve or a non-finite update or state ends the run with NonFiniteError (exit 4) naming the first
 failure, before the state reaches a checkpoint; a run that stops unconverged (``--k-max`` < N, tol
 unmet) writes its iterate and exits 4 too, as Parareal does.
@@ -18,15 +21,16 @@ from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 from mpi4py import MPI
 
-from ..algorithms.parareal_st import new_state, parareal_st, serial_fine_st
+from ..algorithms.parareal_st import new_state, parareal_st, serial_fine_st, zero_vecs
 from ..comm import EXIT_NON_FINITE, NonFiniteError, Progress, Timers, block_partition, collective, space_time_split
 from ..config import RunConfig, option, require
+from ..io.checkpoint import CheckpointError
 from ..io.results import write_result
 from ..problems.pde import PDE_PROBLEMS, coarse_points, petsc, process_grid
 from ..propagators_petsc import (TS_TYPES, CoarseGridPropagator, TSPropagator, insert_options, option_names,
@@ -129,9 +133,16 @@ class Config(RunConfig):
                 "petsc", "tol", "k_max", "reference")
         return {**{key: getattr(self, key) for key in keys}, **self.resolved()}
 
+    # What a checkpoint carries besides the state, so that a restart (on any layout) neither
+    # recomputes the reference nor forgets the work done: the subintervals of the sequential fine
+    # solution done (N once complete, 0 without --reference), and the wall seconds so far of it and
+    # of Parareal (max over ranks, summed over segments); meta "counters" sums the counters over all
+    # ranks and segments (checked by _Totals.carried).
+    checkpoint_meta = {"reference_done": int, "reference_seconds": float, "parareal_seconds": float}
+
     def checkpoint_limits(self) -> dict:
-        """Counts a checkpoint of this run can hold: iterations up to its limit."""
-        return {"iteration": min(self.k_max or self.intervals, self.intervals)}
+        """Counts a checkpoint of this run can hold: iterations up to its limit, reference subintervals up to N."""
+        return {"iteration": min(self.k_max or self.intervals, self.intervals), "reference_done": self.intervals}
 
     def checkpoint_spec(self, rank, nranks: int) -> dict:
         """The shared arrays a checkpoint holds (``rank == "root"``): the histories of the update
@@ -140,9 +151,54 @@ class Config(RunConfig):
 
     def checkpoint_fields(self) -> dict:
         """The global fields a checkpoint holds, ``{name: (shape, dtype kinds)}``: the boundary
-        states U_0 .. U_N and the latest G and F values of the N subintervals on the ny x nx grid."""
+        states U_0 .. U_N and the latest G and F values of the N subintervals on the ny x nx grid,
+        and with ``reference`` the sequential fine solution at the N + 1 boundaries."""
         n, grid = self.intervals, (self.ny or self.nx, self.nx)
-        return {"boundaries": ((n + 1, *grid), "f"), "coarse_old": ((n, *grid), "f"), "fine": ((n, *grid), "f")}
+        return {"boundaries": ((n + 1, *grid), "f"), "coarse_old": ((n, *grid), "f"), "fine": ((n, *grid), "f"),
+                **({"reference": ((n + 1, *grid), "f")} if self.reference else {})}
+
+
+WHOLE = ("boundaries", "reference")  # the checkpoint fields of N + 1 boundary values (the others: N subintervals)
+TIMINGS_COVER = ("timings/ and counters/: this segment of the run only (since its start or restart), per rank; "
+                 "serial_fine_seconds, parareal_seconds, speedup and the total_* counters: all segments together "
+                 "(seconds: wall, max over ranks; total_*: summed over all ranks); segment_*_seconds: this segment")
+
+
+@dataclass
+class _Totals:
+    """The work of a run's earlier segments, as its checkpoint carries it, free of the layout (a
+    restart may run on another (P, S)): the wall seconds of the sequential fine solution and of
+    Parareal (each the max over ranks) and every counter summed over all ranks."""
+
+    reference_seconds: float = 0.0
+    parareal_seconds: float = 0.0
+    counters: dict = field(default_factory=dict)
+
+    @classmethod
+    def carried(cls, meta: dict, cfg) -> "_Totals":
+        """From a checkpoint's meta (whose entries of ``Config.checkpoint_meta`` were checked on
+        load). Raises CheckpointError, on every rank alike (the meta is everyone's), if its counters
+        are not counts or an iteration's checkpoint lacks part of the reference."""
+        counts = meta.get("counters")
+        if not isinstance(counts, dict) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                   for n in counts.values()):
+            raise CheckpointError(f"checkpoint {cfg.restart!r} is refused: meta entry 'counters' = {counts!r} is "
+                                  "not a table of counts")
+        if cfg.reference and meta["iteration"] > 0 and meta["reference_done"] != cfg.intervals:
+            raise CheckpointError(f"checkpoint {cfg.restart!r} is refused: it holds iteration {meta['iteration']} "
+                                  f"but only {meta['reference_done']} of the {cfg.intervals} subintervals of the "
+                                  "sequential fine solution")
+        return cls(float(meta["reference_seconds"]), float(meta["parareal_seconds"]), counts)
+
+    def so_far(self, comm, reference_done: int, reference_seconds: float, parareal_seconds: float,
+               counters: dict) -> dict:
+        """Collective: a checkpoint's meta entries (and the result's totals): these totals plus this
+        segment's seconds (max over ranks already) and this rank's ``counters`` summed over all ranks."""
+        summed = np.array(list(counters.values()), dtype=np.int64)
+        comm.Allreduce(MPI.IN_PLACE, summed, op=MPI.SUM)
+        return {"reference_done": reference_done, "reference_seconds": self.reference_seconds + reference_seconds,
+                "parareal_seconds": self.parareal_seconds + parareal_seconds,
+                "counters": {name: self.counters.get(name, 0) + int(n) for name, n in zip(counters, summed)}}
 
 
 def layout_of(comm, space_ranks: int) -> dict:
@@ -198,6 +254,8 @@ def main(cfg: Config, comm) -> int:
         PETSc = petsc(comm)
         insert_options(PETSc, cfg.petsc)
     problem, coarse, fine, u0 = make_solvers(comm, comm_space, cfg, layout)
+    for counted in (problem, coarse.problem):  # the solves' evaluations, not the set-up's probe: every
+        counted.nfev = counted.njev = 0         # segment of a restarted run then adds up to the whole run
     times = np.linspace(r["t0"], r["tf"], cfg.intervals + 1)
     progress(f"space-time Parareal on {comm.size} ranks = {_describe(layout)}: {problem.name} on "
              f"{cfg.nx} x {r['ny']}, t in [{r['t0']}, {r['tf']}], N = {cfg.intervals}, "
@@ -211,49 +269,86 @@ def main(cfg: Config, comm) -> int:
         messages = [m for m in comm.allgather(coarse.failure or fine.failure) if m]
         return NonFiniteError(what + (f"; first TS failure: {messages[0]}" if messages else ""))
 
-    reference, serial_seconds = None, float("nan")
-    if cfg.reference:
-        ref_timers = Timers()
-        comm.Barrier()
-        reference = serial_fine_st(comm_time, fine, u0, times, ref_timers)
-        comm.Barrier()
-        serial_seconds = comm.allreduce(ref_timers.elapsed(), op=MPI.MAX)
-        if not comm.allreduce(int(np.isfinite(reference[-1].norm(PETSc.NormType.INFINITY))), op=MPI.MIN):
-            raise failed("the sequential fine solution is not finite")
-        progress(f"sequential fine solution (space-parallel on {cfg.space_ranks} ranks): {serial_seconds:.3f} s")
-
     hook = CheckpointHook(comm, cfg, "spacetime", cfg.identity(), progress,
                           fix="more --fine-steps / --coarse-steps or other -fine_/-coarse_ solver options")
     a, b = block_partition(cfg.intervals, comm_time.size, comm_time.rank)
     ny_loc, nx_loc = problem.block_shape
-    resume = None
+    reference = zero_vecs(u0, b - a + 1) if cfg.reference else None  # U_a .. U_b of the sequential fine solution
+    reference_done, resume, carried = 0, None, _Totals()
     if cfg.restart:  # verified by the CLI: same options, any layout
-        boxes = {name: ((a, problem.ys, problem.xs), (b - a + (name == "boundaries"), ny_loc, nx_loc))
-                 for name in ("boundaries", "coarse_old", "fine")}
+        boxes = {name: ((a, problem.ys, problem.xs), (b - a + (name in WHOLE), ny_loc, nx_loc))
+                 for name in cfg.checkpoint_fields()}
         meta, arrays, root = hook.load(cfg.restart, boxes)
-        resume = new_state(int(meta["iteration"]), u0, b - a)
-        resume.load_arrays({name: box.reshape(len(box), -1) for name, box in arrays.items()})
-        resume.jumps, resume.errors = list(root["jumps"]), list(root["errors"])
+        carried = _Totals.carried(meta, cfg)
+        if reference is not None:
+            reference_done = int(meta["reference_done"])
+            for vec, box in zip(reference, arrays.pop("reference")):
+                with vec as arr:
+                    arr[:] = box.reshape(-1)
+        if meta["iteration"] > 0:  # else a checkpoint of the reference sweep: Parareal starts afresh
+            resume = new_state(int(meta["iteration"]), u0, b - a)
+            resume.load_arrays({name: box.reshape(len(box), -1) for name, box in arrays.items()})
+            resume.jumps, resume.errors = list(root["jumps"]), list(root["errors"])
         written = {key: meta.get(key) for key in layout}
-        progress(f"restarting from {cfg.restart} after iteration {resume.k}" +
+        progress(f"restarting from {cfg.restart} " +
+                 (f"after iteration {resume.k}" if resume else
+                  f"in the sequential fine solution, after subinterval {reference_done} of {cfg.intervals}") +
                  ("" if written == layout else f" (written on {_describe(written)}, read into this layout)"))
 
+    def counters() -> dict:
+        """This rank's work in this segment (the result's /counters)."""
+        return {**coarse.counters(), **fine.counters(), "ifunction_evaluations": problem.nfev,
+                "ijacobian_evaluations": problem.njev}
+
     def fields(state) -> dict:
-        """This rank's boxes of the checkpoint's global fields: U_a .. U_b (U_a only in the first time
-        group: the others' U_a is the previous group's U_b, written once), G and F of [a, b)."""
-        grid = (r["ny"], cfg.nx)
+        """This rank's boxes of the checkpoint's global fields: U_a .. U_b of the iterate and of the
+        reference (U_a only in the first time group: the others' U_a is the previous group's U_b,
+        written once), G and F of [a, b). Without a state (a checkpoint of the reference sweep) its
+        boxes are empty: the fields exist, filled with zeros."""
+        arrays = state.local_arrays() if state is not None else {name: np.empty((0, ny_loc * nx_loc))
+                                                     for name in ("boundaries", "coarse_old", "fine")}
+        if reference is not None:
+            arrays["reference"] = np.array([v.getArray(readonly=True) for v in reference])
         out = {}
-        for name, arr in state.local_arrays().items():
-            skip = int(name == "boundaries" and comm_time.rank > 0)
-            out[name] = ((cfg.intervals + (name == "boundaries"), *grid), (a + skip, problem.ys, problem.xs),
+        for name, arr in arrays.items():
+            skip = int(name in WHOLE and comm_time.rank > 0 and len(arr) > 0)
+            out[name] = ((cfg.intervals + (name in WHOLE), r["ny"], cfg.nx), (a + skip, problem.ys, problem.xs),
                          arr[skip:].reshape(-1, ny_loc, nx_loc))
         return out
+
+    def histories(state) -> dict:
+        return {"jumps": np.array(state.jumps if state is not None else [], dtype=float),
+                "errors": np.array(state.errors if state is not None else [], dtype=float)}
+
+    serial_seconds = 0.0  # this segment's, max over ranks; the reference may come (whole) from the checkpoint
+    if reference is not None and reference_done < cfg.intervals:
+        ref_timers = Timers()
+        comm.Barrier()
+        reference, reference_done = serial_fine_st(comm_time, fine, u0, times, ref_timers, out=reference,
+                                                   start=reference_done,
+                                                   after_subinterval=lambda n: hook.stop_requested())
+        comm.Barrier()
+        serial_seconds = comm.allreduce(ref_timers.elapsed(), op=MPI.MAX)
+        computed = reference[:max(0, min(b, reference_done) - a + 1)]  # U_a .. U_done where this group has them
+        if not comm.allreduce(int(all(np.isfinite(v.norm(PETSc.NormType.INFINITY)) for v in computed)), op=MPI.MIN):
+            raise failed("the sequential fine solution is not finite")
+        if reference_done < cfg.intervals or hook.stop_requested():  # its last check is after the whole sweep
+            meta = {**layout, **carried.so_far(comm, reference_done, serial_seconds, 0.0, counters())}
+            hook.save(0, lambda: {}, lambda: histories(None), meta=meta, fields=lambda: fields(None), stopped=True,
+                      what=f"of the sequential fine solution after subinterval {reference_done} of {cfg.intervals}")
+            progress(f"stopped in the sequential fine solution; resume with --restart {cfg.checkpoint}")
+            return EXIT_PREEMPTED
+        progress(f"sequential fine solution (space-parallel on {cfg.space_ranks} ranks): {serial_seconds:.3f} s")
+    elif reference is not None:
+        progress(f"sequential fine solution read from {cfg.restart}")
 
     def after_iteration(state) -> bool:
         # a NaN from a failed speculative F solve must not reach the checkpoint: the hook raises instead
         finite = all(np.isfinite(arr).all() for arr in state.local_arrays().values())
-        return hook(state.k, lambda: {}, lambda: {"jumps": np.array(state.jumps), "errors": np.array(state.errors)},
-                    meta=layout, finite=finite, fields=lambda: fields(state))
+        meta = {**layout, **carried.so_far(comm, reference_done, serial_seconds,
+                                         comm.allreduce(run_timers.elapsed(), op=MPI.MAX), counters())}
+        return hook(state.k, lambda: {}, lambda: histories(state), meta=meta, finite=finite,
+                    fields=lambda: fields(state))
 
     comm.Barrier()
     run_timers = Timers()
@@ -274,11 +369,19 @@ def main(cfg: Config, comm) -> int:
     if unused and comm.rank == 0:  # even with --quiet, as PETSc's -options_left
         print(f"warning: PETSc options set but not used by G or F: {' '.join('-' + n for n in unused)} "
               "(options need the coarse_ or fine_ prefix)", file=sys.stderr, flush=True)
+    segment = counters()
+    totals = carried.so_far(comm, reference_done, serial_seconds, parareal_seconds, segment)
+    total_serial = totals["reference_seconds"] if cfg.reference else float("nan")
+    total_parareal = totals["parareal_seconds"]
     attrs = {"iterations": result.iterations, "converged": result.converged, **layout,
              "nx": cfg.nx, "ny": r["ny"], "coarse_grid_factor": cfg.coarse_grid_factor,
              "coarse_nx": coarse.grid[0], "coarse_ny": coarse.grid[1],
-             "serial_fine_seconds": serial_seconds,
-             "parareal_seconds": parareal_seconds, "speedup": serial_seconds / parareal_seconds,
+             "serial_fine_seconds": total_serial, "parareal_seconds": total_parareal,
+             "speedup": total_serial / total_parareal,
+             "segment_serial_fine_seconds": serial_seconds if cfg.reference else float("nan"),
+             "segment_parareal_seconds": parareal_seconds,
+             **{f"total_{name}": count for name, count in totals["counters"].items()},
+             "timings_cover": TIMINGS_COVER,
              "exact_error": exact_error, "final_exact_error": final_exact_error,
              "petsc_options_unused": "unknown" if unused is None else " ".join(unused),
              "restarted_from": cfg.restart, **coarse.solver_types(), **fine.solver_types()}
@@ -289,20 +392,18 @@ def main(cfg: Config, comm) -> int:
         attrs.update(radius=radius, sharp_interface_radius=problem.sharp_interface_radius(r["tf"]))
     field = np.array([u.getArray(readonly=True).reshape(ny_loc, nx_loc) for u in result.boundaries])
     field = field.reshape(b - a, ny_loc, nx_loc)
-    counters = {**coarse.counters(), **fine.counters(), "ifunction_evaluations": problem.nfev,
-                "ijacobian_evaluations": problem.njev}
     with collective(comm, f"writing result {cfg.output}"):
         write_result(
             comm, cfg.output, method="spacetime", config=cfg.as_dict(),
             history={"update_norm": np.array([np.nan] + result.jumps), "error": np.array(result.errors, dtype=float)},
-            timings=result.timings, counters=counters,
+            timings=result.timings, counters=segment,
             blocks={"u": ((cfg.intervals, r["ny"], cfg.nx), (a, problem.ys, problem.xs), field)},
             data={"times": times}, attrs=attrs)
     progress(f"done: {result.iterations} iterations, converged = {result.converged}, final error vs "
              f"sequential fine = {result.errors[-1] if result.errors else float('nan'):.3e}"
              + (f", max error vs exact solution {exact_error:.3e}" if np.isfinite(exact_error) else "")
-             + f", time {parareal_seconds:.3f} s (sequential fine {serial_seconds:.3f} s); result written to "
-             f"{cfg.output}")
+             + f", time {total_parareal:.3f} s (sequential fine {total_serial:.3f} s)"
+             + (" over all segments" if cfg.restart else "") + f"; result written to {cfg.output}")
     if not result.converged:   # written for inspection, but never reported as a success
         if comm.rank == 0:
             print(f"error: space-time Parareal did not converge in k_max = {result.iterations} iterations "
