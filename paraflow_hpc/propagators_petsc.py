@@ -367,6 +367,12 @@ def check_options(PETSc, options: str, ts_types: dict[str, str]) -> str | None:
             "see the PETSc manual page of that TS/SNES/KSP/PC type or option")
 
 
+def prefixed_options(PETSc, prefixes: tuple[str, ...]) -> dict[str, str]:
+    """``{name: value}`` of every option in PETSc's database (from the command line, PETSC_OPTIONS,
+    .petscrc or set here) whose name starts with one of ``prefixes``."""
+    return {name: str(value) for name, value in sorted(PETSc.Options().getAll().items()) if name.startswith(prefixes)}
+
+
 def unused_options(names: list[str]) -> list[str] | None:
     """The names no PETSc object read (as ``-options_left`` reports at exit), or None if unknown.
 

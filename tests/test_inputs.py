@@ -156,6 +156,20 @@ def test_spacetime_checkpoint_without_a_layout_record_restarts(tmp_path):
         assert "(written on a layout it does not record, read into this layout)" in done.stdout, done.stdout
 
 
+@pytest.mark.mpi
+def test_spacetime_restart_with_other_petsc_options_from_the_environment_is_refused(tmp_path):
+    """PETSC_OPTIONS (or a .petscrc) changed between the runs changes G or F without changing
+    --petsc: the checkpoint records every option they read, and a restart with others is refused."""
+    ck, args = tmp_path / "ck.h5", ["run", "spacetime", "--nx", "6", "--intervals", "4", "--tol", "0"]
+    env = {"PETSC_OPTIONS": "-fine_ksp_type gmres -fine_pc_type jacobi -fine_ksp_rtol 1e-12"}
+    run_cli(2, [*args, "--checkpoint-every", "1", "--checkpoint", ck, "--output", tmp_path / "a.h5"],
+            env=env, timeout=120)
+    done = run_cli(2, [*args, "--restart", ck, "--output", tmp_path / "b.h5"], check=False, timeout=120)
+    refused(done, "was written with other PETSc options for G and F: -fine_ksp_rtol 1e-12 there, (unset) now")
+    assert not (tmp_path / "b.h5").exists()
+    run_cli(2, [*args, "--restart", ck, "--output", tmp_path / "c.h5"], env=env, timeout=120)   # the same: resumes
+
+
 def test_crafted_checkpoint_falls_back_to_previous(tmp_path, checkpoint):
     bad = crafted_checkpoint(checkpoint, tmp_path, CHECKPOINT_EDITS["huge shape"][0])
     shutil.copy(checkpoint, str(bad) + ".prev")

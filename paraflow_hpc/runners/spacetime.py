@@ -34,7 +34,7 @@ from ..io.checkpoint import CheckpointError
 from ..io.results import write_result
 from ..problems.pde import PDE_PROBLEMS, coarse_points, petsc, process_grid
 from ..propagators_petsc import (TS_TYPES, CoarseGridPropagator, TSPropagator, insert_options, option_names,
-                                 unused_options)
+                                 prefixed_options, unused_options)
 from .common import EXIT_PREEMPTED, CheckpointHook
 
 
@@ -269,6 +269,9 @@ def main(cfg: Config, comm) -> int:
         messages = [m for m in comm.allgather(coarse.failure or fine.failure) if m]
         return NonFiniteError(what + (f"; first TS failure: {messages[0]}" if messages else ""))
 
+    # every option G and F read, from --petsc, PETSC_OPTIONS or .petscrc alike: part of what a
+    # checkpoint must match (--petsc alone is in the identity the CLI checks up front)
+    solver_options = prefixed_options(PETSc, ("coarse_", "fine_"))
     hook = CheckpointHook(comm, cfg, "spacetime", cfg.identity(), progress,
                           fix="more --fine-steps / --coarse-steps or other -fine_/-coarse_ solver options")
     a, b = block_partition(cfg.intervals, comm_time.size, comm_time.rank)
@@ -279,6 +282,7 @@ def main(cfg: Config, comm) -> int:
         boxes = {name: ((a, problem.ys, problem.xs), (b - a + (name in WHOLE), ny_loc, nx_loc))
                  for name in cfg.checkpoint_fields()}
         meta, arrays, root = hook.load(cfg.restart, boxes)
+        _check_solver_options(meta.get("petsc_options"), solver_options, cfg.restart)
         carried = _Totals.carried(meta, cfg)
         if reference is not None:
             reference_done = int(meta["reference_done"])
@@ -333,7 +337,8 @@ def main(cfg: Config, comm) -> int:
         if not comm.allreduce(int(all(np.isfinite(v.norm(PETSc.NormType.INFINITY)) for v in computed)), op=MPI.MIN):
             raise failed("the sequential fine solution is not finite")
         if reference_done < cfg.intervals or hook.stop_requested():  # its last check is after the whole sweep
-            meta = {**layout, **carried.so_far(comm, reference_done, serial_seconds, 0.0, counters())}
+            meta = {**layout, "petsc_options": solver_options,
+                    **carried.so_far(comm, reference_done, serial_seconds, 0.0, counters())}
             hook.save(0, lambda: {}, lambda: histories(None), meta=meta, fields=lambda: fields(None), stopped=True,
                       what=f"of the sequential fine solution after subinterval {reference_done} of {cfg.intervals}")
             progress(f"stopped in the sequential fine solution; resume with --restart {cfg.checkpoint}")
@@ -345,8 +350,9 @@ def main(cfg: Config, comm) -> int:
     def after_iteration(state) -> bool:
         # a NaN from a failed speculative F solve must not reach the checkpoint: the hook raises instead
         finite = all(np.isfinite(arr).all() for arr in state.local_arrays().values())
-        meta = {**layout, **carried.so_far(comm, reference_done, serial_seconds,
-                                         comm.allreduce(run_timers.elapsed(), op=MPI.MAX), counters())}
+        meta = {**layout, "petsc_options": solver_options,
+                **carried.so_far(comm, reference_done, serial_seconds, comm.allreduce(run_timers.elapsed(), op=MPI.MAX),
+                                 counters())}
         return hook(state.k, lambda: {}, lambda: histories(state), meta=meta, finite=finite,
                     fields=lambda: fields(state))
 
@@ -411,6 +417,18 @@ def main(cfg: Config, comm) -> int:
                   "exact) or loosen --tol", file=sys.stderr, flush=True)
         return EXIT_NON_FINITE
     return 0
+
+
+def _check_solver_options(written: dict | None, current: dict, path: str) -> None:
+    """Refuse (on every rank alike: the meta is broadcast) a checkpoint whose G and F read other PETSc
+    options than this run's, e.g. after PETSC_OPTIONS or a .petscrc changed between the runs."""
+    if written is None or written == current:
+        return
+    changed = sorted(k for k in set(written) | set(current) if written.get(k) != current.get(k))
+    raise CheckpointError(
+        f"checkpoint {path!r} was written with other PETSc options for G and F: "
+        + ", ".join(f"-{k} {written.get(k, '(unset)')} there, {current.get(k, '(unset)')} now" for k in changed)
+        + "; they come from --petsc, PETSC_OPTIONS or .petscrc: restart with the same ones")
 
 
 def _exact_errors(comm_time, problem, boundaries: list, times: np.ndarray) -> tuple[float, float]:
