@@ -111,3 +111,19 @@ def test_a_writer_killed_between_its_renames_loses_nothing(tmp_path):
     ck.unlink()
     (tmp_path / "ck.h5.partial-999999998").write_bytes(b"half written")   # unsealed: never recovered
     assert _iteration(ck) == 1
+
+
+def test_a_zombie_writer_is_not_alive():
+    """A rank that called MPI_Abort stays a zombie until its launcher reaps it: its lock and
+    temporaries are stale, so an immediate rerun may take them over."""
+    import time
+
+    from paraflow_hpc.io.files import pid_alive
+    child = subprocess.Popen(["true"])
+    deadline = time.time() + 10
+    while pid_alive(child.pid) and time.time() < deadline:   # exited, not yet reaped: a zombie
+        time.sleep(0.05)
+    assert not pid_alive(child.pid)
+    assert os.path.exists(f"/proc/{child.pid}")               # still in the process table
+    child.wait()
+    assert pid_alive(os.getpid())
