@@ -138,15 +138,18 @@ def test_heat_error_shrinks_at_the_schemes_order(tmp_path, scheme, order):
 
 
 def test_petsc_options_reach_coarse_and_fine_separately(tmp_path):
-    options = "-coarse_ts_type cn -fine_ksp_type gmres -fine_pc_type jacobi -fine_ksp_rtol 1e-13 -ksp_type cg"
+    options = ("-coarse_ts_type cn -fine_ksp_type gmres -fine_pc_type jacobi -fine_ksp_rtol 1e-13 -ksp_type cg "
+               "-coarse_ksp_rtol 1e-3")
     run, proc = run_st(tmp_path, (1, 2), [*HEAT, "--coarse", "beuler", "--fine", "beuler", "--petsc", options],
                        "options")
     assert (run["coarse_ts_type"], run["fine_ts_type"]) == ("cn", "beuler")
     assert (run["coarse_ksp_type"], run["fine_ksp_type"]) == ("preonly", "gmres")
     assert (run["coarse_pc_type"], run["fine_pc_type"]) == ("lu", "jacobi")
     # an option without the coarse_/fine_ prefix reaches neither, and is reported
-    assert run["petsc_options_unused"] == "ksp_type"
-    assert proc.stderr.count("not used by G or F: -ksp_type") == 1
+    # and one that G's direct solve (preonly) never reads is told apart from it
+    assert run["petsc_options_unused"] == "ksp_type coarse_ksp_rtol"
+    assert proc.stderr.count("not used by G or F: -ksp_type (options of G or F need the coarse_ or fine_ "
+                             "prefix); -coarse_ksp_rtol (not read by the solver types in use") == 1, proc.stderr
     assert run["error"][-1] < 1e-10  # F's iterative solve still gives the sequential answer at k = N
 
 

@@ -373,8 +373,8 @@ def main(cfg: Config, comm) -> int:
     exact_error, final_exact_error = _exact_errors(comm_time, problem, result.boundaries, times[a + 1:b + 1])
     unused = unused_options(option_names(cfg.petsc))
     if unused and comm.rank == 0:  # even with --quiet, as PETSc's -options_left
-        print(f"warning: PETSc options set but not used by G or F: {' '.join('-' + n for n in unused)} "
-              "(options need the coarse_ or fine_ prefix)", file=sys.stderr, flush=True)
+        print(f"warning: PETSc options set but not used by G or F: {_unused_hint(unused)}", file=sys.stderr,
+              flush=True)
     segment = counters()
     totals = carried.so_far(comm, reference_done, serial_seconds, parareal_seconds, segment)
     total_serial = totals["reference_seconds"] if cfg.reference else float("nan")
@@ -417,6 +417,19 @@ def main(cfg: Config, comm) -> int:
                   "exact) or loosen --tol", file=sys.stderr, flush=True)
         return EXIT_NON_FINITE
     return 0
+
+
+def _unused_hint(unused: list[str]) -> str:
+    """The unused option names, each with the likely reason."""
+    bare = [n for n in unused if not n.startswith(("coarse_", "fine_"))]
+    read = [n for n in unused if n not in bare]
+    parts = []
+    if bare:
+        parts.append(f"{' '.join('-' + n for n in bare)} (options of G or F need the coarse_ or fine_ prefix)")
+    if read:
+        parts.append(f"{' '.join('-' + n for n in read)} (not read by the solver types in use, e.g. a KSP "
+                     "tolerance with -fine_ksp_type preonly, or misspelt; see the types in the result's attributes)")
+    return "; ".join(parts)
 
 
 def _check_solver_options(written: dict | None, current: dict, path: str) -> None:
