@@ -140,7 +140,7 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
         # rank with that rank's traceback; agreed errors pass through and are reported once below.
         with collective(comm, f"paraflow-hpc {kind} {name}"):
             return module.main(cfg, comm)
-    except CheckpointError as err:   # raised on every rank alike (the verdict is broadcast)
+    except (CheckpointError, ConfigError) as err:   # raised on every rank alike (agreed: AgreedError)
         return _fail(comm, str(err))
     except NonFiniteError as err:
         if comm.rank == 0:
