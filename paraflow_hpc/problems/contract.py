@@ -429,10 +429,11 @@ def load_class(spec: str, kind: str, args: dict | None = None):
     except TypeError as err:
         own = [n for n, p in signature.parameters.items() if n not in (*positional, *keywords)
                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        raise ConfigError(f"problem {spec!r}: {cls.__name__}{signature} cannot be constructed as {cls.__name__}({', '.join(positional)}, "
+        raise ConfigError(f"problem {spec!r}: {cls.__name__}{signature} cannot be constructed "
+                          f"as {cls.__name__}({', '.join(positional)}, "
                           f"{', '.join(k + '=...' for k in keywords)}, **problem_args) with problem_args "
-                          f"{args!r} ({err}); its own arguments: {', '.join(own) or 'none'}. Check --problem-args, "
-                          f"and let a constructor of your own take {', '.join(keywords)} and pass it on to "
+                          f"{args!r} ({err}); its own arguments: {', '.join(own) or 'none'}. Check "
+                          f"--problem-args, and let a constructor of your own take {', '.join(keywords)} and pass it on to "
                           f"{base.rsplit('.', 1)[-1]}.__init__") from None
     var_keyword = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
     params = bound.arguments.get(var_keyword[0], {}) if var_keyword else {}

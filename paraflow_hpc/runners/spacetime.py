@@ -147,8 +147,8 @@ class Config(RunConfig):
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed: the options that define the solution. Not the
         layout: the checkpoint holds global fields that every layout reads its boxes of."""
-        keys = ("problem", "problem_args", "nx", "intervals", "coarse", "coarse_steps", "coarse_grid_factor", "fine", "fine_steps",
-                "petsc", "tol", "k_max", "reference")
+        keys = ("problem", "problem_args", "nx", "intervals", "coarse", "coarse_steps", "coarse_grid_factor", "fine",
+                "fine_steps", "petsc", "tol", "k_max", "reference")
         return {**{key: getattr(self, key) for key in keys}, **self.resolved()}
 
     def checkpoint_limits(self) -> dict:
