@@ -50,8 +50,8 @@ class Config(RunConfig):
     coarse: str = option("beuler", "PETSc TS type of G (-coarse_ts_type overrides)", choices=list(TS_TYPES))
     coarse_steps: int = option(1, "steps of G per subinterval")
     coarse_grid_factor: int = option(1, "G on F's grid coarsened by this factor in x and y, G = P G_c R "
-                                        "(1: F's grid); heat2d needs it to divide nx + 1 and ny + 1, "
-                                        "allen-cahn nx and ny")
+                                        "(1: F's grid); a Dirichlet problem (heat2d) needs it to divide nx + 1 "
+                                        "and ny + 1, a periodic one (allen-cahn) nx and ny")
     fine: str = option("cn", "PETSc TS type of F (-fine_ts_type overrides)", choices=list(TS_TYPES))
     fine_steps: int = option(16, "steps of F per subinterval")
     petsc: str = option("", "PETSc options, one quoted string, prefixed coarse_ or fine_, e.g. "
