@@ -81,9 +81,10 @@ def collective(comm, what: str):
     evaluation of a user callable, PETSc object set-up) the other ranks may already wait
     in a collective call that the failing rank will never join, so the exception cannot
     be agreed on (:func:`raise_agreed` does that where every rank gets to) or unwound (an
-    ``h5py.File`` exit would even run the collective close). The failing rank prints its traceback once, prefixed with ``what``, and calls
-    ``MPI_Abort`` (exit code 1) on ``comm``. On one rank there is nobody to wait: the
-    exception propagates unchanged, so callers and tests see the ordinary error.
+    ``h5py.File`` exit would even run the collective close). The failing rank prints its
+    traceback once, prefixed with ``what``, and calls ``MPI_Abort`` (exit code 1) on ``comm``.
+    On one rank there is nobody to wait: the exception propagates unchanged, so callers and
+    tests see the ordinary error.
 
     Use it *inside* any ``with h5py.File(..., driver="mpio")`` block. ``SystemExit`` and
     ``KeyboardInterrupt`` pass through on one rank and abort on several. An

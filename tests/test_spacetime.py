@@ -398,6 +398,16 @@ def test_bench_spacetime_writes_every_layout(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 0
 
 
+def test_bench_spacetime_takes_a_user_problem(tmp_path):
+    out = tmp_path / "bench.h5"
+    run_cli(2, ["bench", "spacetime", "--quiet", "--problem", user_pdes(tmp_path) + ":MyPDE", "--problem-args",
+                "nu=0.5", "--nx", "6", "--intervals", "2", "--fine-steps", "2", "--output", str(out)], timeout=240)
+    with h5py.File(out, "r") as f:
+        assert json.loads(f["config"].attrs["problem_args"]) == {"nu": 0.5}
+        assert f["data/error"][1] < 1e-8
+    assert "user_pde.py:MyPDE on 6 x 6" in (tmp_path / "bench.md").read_text()
+
+
 def test_bench_spacetime_compares_coarse_grid_factors(tmp_path):
     out = tmp_path / "bench.h5"
     run_cli(2, ["bench", "spacetime", "--quiet", "--nx", "7", "--intervals", "2", "--fine-steps", "2",

@@ -221,7 +221,7 @@ def _probe_error(problem, spec: str) -> str | None:
         probe(problem, "pde", spec)
     except ConfigError as err:
         return str(err)
-    except Exception as err:  # e.g. a member a class that is no DMDAProblem lacks
+    except Exception as err:  # e.g. no block_shape: a class not derived from DMDAProblem
         return (f"problem {spec!r}: probing it failed: {type(err).__name__}: {err}; subclass "
                 "paraflow_hpc.problems.pde.DMDAProblem (docs/spacetime.md, 'Bring your own PETSc problem')")
     return None
