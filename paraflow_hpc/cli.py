@@ -141,7 +141,7 @@ def _run(kind: str, name: str, config_file: str | None, rest: list[str]) -> int:
         # rank with that rank's traceback; agreed errors pass through and are reported once below.
         with collective(comm, f"paraflow-hpc {kind} {name}"):
             return module.main(cfg, comm)
-    except (CheckpointError, ResultError) as err:   # raised on every rank alike (the verdict is broadcast)
+    except (CheckpointError, ResultError, ConfigError) as err:   # raised on every rank alike (agreed)
         return _fail(comm, str(err))
     except NonFiniteError as err:
         if comm.rank == 0:

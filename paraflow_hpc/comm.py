@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import numpy as np
 from mpi4py import MPI
 
+from .config import ConfigError
 from .stop import StopRequest  # noqa: F401  (re-exported: the runners take it from here)
 
 
@@ -57,6 +58,21 @@ class NonFiniteError(AgreedError, FloatingPointError):
     """
 
 
+class AgreedConfigError(AgreedError, ConfigError):
+    """Bad input that only shows once the run has begun (a user problem's first evaluation on its
+    part of the grid), raised on every rank alike by :func:`raise_agreed`: the CLI reports it as any
+    other bad input, with one ``error:`` line and exit code 2."""
+
+
+def raise_agreed(comm, error: str | None) -> None:
+    """Raise :class:`AgreedConfigError` with the first error of any rank (lowest rank first) on every
+    rank, if any rank has one. Collective on ``comm``: call it where every rank gets to, with the
+    message of what went wrong on this rank (None: nothing)."""
+    errors = [e for e in comm.allgather(error) if e]
+    if errors:
+        raise AgreedConfigError(errors[0])
+
+
 @contextmanager
 def collective(comm, what: str):
     """Guard a collective section: an exception on any rank ends every rank, never a hang.
@@ -64,10 +80,11 @@ def collective(comm, what: str):
     Inside a collective section (a parallel HDF5 write or read, a checkpoint, the first
     evaluation of a user callable, PETSc object set-up) the other ranks may already wait
     in a collective call that the failing rank will never join, so the exception cannot
-    be agreed on or unwound (an ``h5py.File`` exit would even run the collective close).
-    The failing rank prints its traceback once, prefixed with ``what``, and calls
-    ``MPI_Abort`` (exit code 1) on ``comm``. On one rank there is nobody to wait: the
-    exception propagates unchanged, so callers and tests see the ordinary error.
+    be agreed on (:func:`raise_agreed` does that where every rank gets to) or unwound (an
+    ``h5py.File`` exit would even run the collective close). The failing rank prints its
+    traceback once, prefixed with ``what``, and calls ``MPI_Abort`` (exit code 1) on ``comm``.
+    On one rank there is nobody to wait: the exception propagates unchanged, so callers and
+    tests see the ordinary error.
 
     Use it *inside* any ``with h5py.File(..., driver="mpio")`` block. ``SystemExit`` and
     ``KeyboardInterrupt`` pass through on one rank and abort on several. An

@@ -4,20 +4,22 @@ Exactness at k = N on every layout, iterates independent of the layout, the heat
 the exact solution at the time integrator's order, PETSc options reaching G and F separately,
 bad layouts refused, restart bit-identical on the layout that wrote it and equal on any other;
 G on a coarser grid (--coarse-grid-factor): the grid transfers, exactness, layout independence,
-convergence, refusals.
+convergence, refusals; users' problems (--problem file.py:Class --problem-args) on every layout,
+on a coarser grid, and refused with exit 2 and one message when wrong.
 """
 import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import mpi_env, run_cli, run_script
+from conftest import ROOT, mpi_env, run_cli, run_script
 
 pytestmark = pytest.mark.mpi
 
@@ -371,6 +373,126 @@ def test_stop_in_the_sequential_fine_solution_checkpoints_it_and_the_restarts_fi
         np.testing.assert_allclose(other["u"], full["u"], rtol=0, atol=1e-13 * scale)
         np.testing.assert_allclose(other["error"], full["error"], rtol=1e-9, atol=1e-15)
         assert_totals_add_up(other, checkpoint_meta(ck))
+# -- users' problems (--problem path/to/file.py:Class) ---------------------------------------------
+
+USER_PDE = ROOT / "docs" / "examples" / "my_pde.py"   # MyPDE: the heat equation on a sine mode
+MORE_PDES = textwrap.dedent("""
+
+    class Decay(DMDAProblem):
+        \"\"\"u_t = Δu − rate·u: its own constructor, with an argument it needs (coarsened() must pass it on).\"\"\"
+        tf = 0.05
+
+        def __init__(self, comm, nx, ny, proc_sizes, ownership_ranges=None, *, rate):
+            super().__init__(comm, nx, ny, proc_sizes, ownership_ranges)
+            self.rate = rate
+
+        def initial_values(self):
+            return self.X * (1.0 - self.X) * np.sin(np.pi * self.Y)
+
+        def reaction(self, t, u):
+            return -self.rate * u
+
+        def reaction_derivative(self, t, u):
+            return np.full_like(u, -self.rate)
+
+
+    class WrongShape(MyPDE):
+        def initial_values(self):
+            return np.zeros((2, 2))
+
+
+    class NaNStart(MyPDE):
+        def initial_values(self):
+            return super().initial_values() / 0.0
+
+
+    class FlatReaction(MyPDE):
+        def reaction(self, t, u):
+            return u.ravel()
+
+
+    class NoRanges(MyPDE):
+        def __init__(self, comm, nx, ny, proc_sizes):
+            super().__init__(comm, nx, ny, proc_sizes)
+
+
+    def not_a_class():
+        return MyPDE
+""")
+
+
+def user_pdes(tmp_path) -> str:
+    """docs/examples/my_pde.py and the classes above, written to tmp_path; the file's path."""
+    path = tmp_path / "user_pde.py"
+    path.write_text(USER_PDE.read_text() + MORE_PDES)
+    return str(path)
+
+
+def test_user_problem_with_problem_args_on_2x2_equals_1_rank(tmp_path):
+    """MyPDE with nu = 0.5 from --problem-args: the same solution on (P, S) = (2, 2) as on one rank at
+    k = N, decaying at the rate of nu = 0.5 (not the class's 1.0): the argument reached every rank."""
+    spec = user_pdes(tmp_path) + ":MyPDE"
+    args = ["--problem", spec, "--problem-args", "nu=0.5", "--nx", "6", "--ny", "5", "--intervals", "4",
+            "--fine-steps", "8", "--tol", "0"]
+    runs = {layout: run_st(tmp_path, layout, args, f"user-{layout[0]}x{layout[1]}")[0] for layout in [(1, 1), (2, 2)]}
+    for run in runs.values():
+        assert run["iterations"] == 4 and run["error"][-1] <= 1e-14 * np.abs(run["u"]).max()
+    np.testing.assert_allclose(runs[(2, 2)]["u"], runs[(1, 1)]["u"], rtol=0, atol=1e-13)
+    x, y = np.arange(1, 7) / 7, np.arange(1, 6) / 6
+    rate = 4 * 49 * np.sin(np.pi / 14) ** 2 + 4 * 36 * np.sin(np.pi / 12) ** 2   # the sine mode's grid eigenvalue
+    exact = np.exp(-0.5 * rate * 0.1) * np.outer(np.sin(np.pi * y), np.sin(np.pi * x))
+    np.testing.assert_allclose(runs[(2, 2)]["u"][-1], exact, rtol=2e-3)   # CN's error: ~6e-4
+    assert runs[(2, 2)]["exact_error"] < 1e-3 * np.abs(exact).max()
+    with h5py.File(tmp_path / "user-2x2.h5", "r") as f:   # the file repeats the run
+        assert f["config"].attrs["problem"] == spec
+        assert json.loads(f["config"].attrs["problem_args"]) == {"nu": 0.5}
+
+
+def test_user_problem_on_a_coarse_grid_gets_its_arguments(tmp_path):
+    """Decay needs rate: coarsened() constructs G's problem with it; k = N is still F's solution, and a
+    restart with other problem_args is refused (they are part of the checkpoint's identity)."""
+    args = ["--problem", user_pdes(tmp_path) + ":Decay", "--problem-args", '{"rate": 2.0}', "--nx", "7", "--ny", "5",
+            "--intervals", "4", "--fine-steps", "4", "--coarse-grid-factor", "2", "--tol", "0",
+            "--checkpoint-every", "2", "--checkpoint", str(tmp_path / "ck.h5")]
+    run, _ = run_st(tmp_path, (2, 2), args, "decay")
+    assert (run["coarse_grid_factor"], run["coarse_nx"], run["coarse_ny"]) == (2, 3, 2)
+    assert run["iterations"] == 4 and run["error"][-1] <= 1e-14 * np.abs(run["u"]).max()
+    assert run["error"][0] > 1e-4   # G on the coarse grid is another propagator
+    _expect_bad_input(2, [*args, "--problem-args", "rate=3", "--restart", str(tmp_path / "ck.h5")],
+                      "problem_args", tmp_path)
+
+
+@pytest.mark.parametrize("nranks, space_ranks, name, message", [
+    (1, 1, "WrongShape", "initial_values() has shape (2, 2), expected (5, 6); return a float array over this "
+                         "rank's block of the grid"),
+    (2, 2, "WrongShape", "initial_values() has shape (2, 2), expected (5, 3)"),
+    (4, 2, "WrongShape", "initial_values() has shape (2, 2), expected (5, 3)"),
+    (2, 1, "NaNStart", "initial_values() is not finite"),
+    (2, 2, "FlatReaction", "reaction(t0, u0) (u0 of shape (5, 3)) has shape (15,), expected (5, 3); return "
+                           "r(t, x, y, u) as a float array"),
+])
+def test_user_problem_with_wrong_arrays_ends_every_rank_with_one_message(tmp_path, nranks, space_ranks, name,
+                                                                         message):
+    spec = user_pdes(tmp_path) + ":" + name
+    proc = _expect_bad_input(nranks, ["--space-ranks", str(space_ranks), "--problem", spec, "--nx", "6", "--ny",
+                                      "5", "--intervals", "4"], message, tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"problem '{spec}'" in lines[0], proc.stderr  # agreed, printed once
+    assert "Traceback" not in proc.stderr and not (tmp_path / "bad.h5").exists()
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("missing.py:MyPDE", [], "the file 'missing.py' does not exist"),
+    ("{file}:not_a_class", [], "is a function, not a class: space-time Parareal constructs its problem"),
+    ("{file}:MyPDE", ["--problem-args", "nux=1"], "MyPDE has no parameter 'nux'; its parameters (float class "
+                                                  "attributes): nu, t0, tf"),
+    ("{file}:Decay", [], "missing a required argument: 'rate'"),
+    ("{file}:NoRanges", [], "unexpected keyword argument 'ownership_ranges'"),
+    ("heat2d", ["--problem-args", "eps=0.1"], "Heat2D has no parameter 'eps'"),
+])
+def test_bad_user_problem_is_refused_before_any_work(tmp_path, name, args, message):
+    proc = _expect_bad_input(2, ["--problem", name.format(file=user_pdes(tmp_path)), *args], message, tmp_path)
+    assert proc.stderr.count("error: ") == 1 and "Traceback" not in proc.stderr
 
 
 def test_bench_spacetime_writes_every_layout(tmp_path):
@@ -386,6 +508,16 @@ def test_bench_spacetime_writes_every_layout(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "| 1 x 2 (space-only) |" in table and "| 2 x 1 |" in table
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_bench_spacetime_takes_a_user_problem(tmp_path):
+    out = tmp_path / "bench.h5"
+    run_cli(2, ["bench", "spacetime", "--quiet", "--problem", user_pdes(tmp_path) + ":MyPDE", "--problem-args",
+                "nu=0.5", "--nx", "6", "--intervals", "2", "--fine-steps", "2", "--output", str(out)], timeout=240)
+    with h5py.File(out, "r") as f:
+        assert json.loads(f["config"].attrs["problem_args"]) == {"nu": 0.5}
+        assert f["data/error"][1] < 1e-8
+    assert "user_pde.py:MyPDE on 6 x 6" in (tmp_path / "bench.md").read_text()
 
 
 def test_bench_spacetime_compares_coarse_grid_factors(tmp_path):

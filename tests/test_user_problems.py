@@ -216,7 +216,7 @@ def test_entry_point_adds_a_problem(tmp_path, monkeypatch):
 
 
 def test_a_new_method_defines_its_kind(monkeypatch):
-    """define_kind: a new method's problems (e.g. PDEs) go through the same door and probe."""
+    """define_kind: a new method's problems (e.g. on a mesh) go through the same door and probe."""
     from typing import Protocol
 
     from paraflow_hpc.problems import contract
@@ -236,16 +236,32 @@ def test_a_new_method_defines_its_kind(monkeypatch):
     monkeypatch.setattr(contract, "KINDS", contract.KINDS)
     monkeypatch.setattr(contract, "_REGISTRY", None)
     try:
-        contract.define_kind("pde", "space-time", Grid, probe=check)
-        contract.register("pde", "heat", Heat)
-        assert contract.load_problem("heat", "pde", {"n": 4}).n == 4
+        contract.define_kind("mesh", "a mesh method", Grid, probe=check)
+        contract.register("mesh", "heat", Heat)
+        assert contract.load_problem("heat", "mesh", {"n": 4}).n == 4
         with pytest.raises(ConfigError, match="problem 'heat': n = 1; use n >= 2"):
-            contract.load_problem("heat", "pde", {"n": 1})
+            contract.load_problem("heat", "mesh", {"n": 1})
     finally:
         for name, table in saved.items():
             getattr(contract, name).clear()
             getattr(contract, name).update(table)
         monkeypatch.setattr(contract, "_REGISTRY", None)
+
+
+def test_pde_problems_are_classes_through_the_same_door():
+    """Space-time's built-ins resolve through the registry as classes (the runner constructs them);
+    --problem-args are checked against their parameters before any rank constructs one."""
+    from paraflow_hpc.problems import contract
+    from paraflow_hpc.problems.pde import AllenCahn2D, Heat2D
+
+    assert contract.builtin_names("pde") == ["allen-cahn", "heat2d"]
+    assert contract.load_class("heat2d", "pde", {"nu": 2}) is Heat2D
+    assert contract.load_class("allen-cahn", "pde", {"eps": 0.05}) is AllenCahn2D
+    assert AllenCahn2D.parameters() == {"eps": 0.04, "nu": 1.0, "radius0": 0.25, "t0": 0.0, "tf": 0.01}
+    with pytest.raises(ConfigError, match="problem 'allen-cahn': AllenCahn2D parameter eps = True: must be a finite"):
+        contract.load_class("allen-cahn", "pde", {"eps": True})
+    with pytest.raises(ValueError, match="classes that space-time Parareal constructs itself: use load_class"):
+        contract.load_problem("heat2d", "pde")
 
 
 # --- data files ---------------------------------------------------------------------------------

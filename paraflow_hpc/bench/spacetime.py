@@ -33,9 +33,10 @@ from ..algorithms.parareal_st import parareal_st, serial_fine_st
 from ..comm import Progress, Timers, collective, space_time_split
 from ..config import option, require
 from ..io.results import write_result
-from ..problems.pde import PDE_PROBLEMS, petsc
+from ..problems.pde import petsc
 from ..propagators_petsc import TS_TYPES, insert_options
 from ..runners import spacetime as runner
+from ..runners.common import problem_args_option, problem_option
 from . import BenchConfig
 
 PING_PONGS = 20
@@ -44,7 +45,8 @@ PING_PONGS = 20
 @dataclass
 class Config(BenchConfig):
     method = "bench-spacetime"
-    problem: str = option("heat2d", "PDE on the unit square", choices=sorted(PDE_PROBLEMS))
+    problem: str = problem_option("heat2d", "pde")
+    problem_args: dict = problem_args_option()
     space_ranks: list[int] = field(default_factory=list,
                                    metadata={"help": "space ranks S per layout (default: every divisor of "
                                                      "the world size)", "choices": None})
@@ -82,8 +84,8 @@ class Config(BenchConfig):
         return [1] if space_ranks == comm_size else list(dict.fromkeys(self.coarse_grid_factor))
 
     def run_config(self, space_ranks: int, coarse_grid_factor: int = 1) -> runner.Config:
-        keys = ("problem", "nx", "ny", "t0", "tf", "intervals", "coarse", "coarse_steps", "fine", "fine_steps",
-                "petsc", "tol")
+        keys = ("problem", "problem_args", "nx", "ny", "t0", "tf", "intervals", "coarse", "coarse_steps", "fine",
+                "fine_steps", "petsc", "tol")
         return runner.Config(space_ranks=space_ranks, coarse_grid_factor=coarse_grid_factor,
                              **{key: getattr(self, key) for key in keys})
 
@@ -93,7 +95,7 @@ class Config(BenchConfig):
             self.plot = self.output_stem() + ".png"
 
     def default_output(self) -> str:
-        return os.path.join("results", f"bench-spacetime-{self.problem}.h5")
+        return os.path.join("results", f"bench-spacetime-{self.problem.rsplit(':', 1)[-1]}.h5")
 
 
 def message_seconds(comm_time, vec) -> float:

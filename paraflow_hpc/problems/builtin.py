@@ -5,7 +5,9 @@ below; it receives ``add(kind, name, factory)`` (:func:`paraflow_hpc.problems.co
 A factory given as ``"module:attr"`` is imported only when a run asks for it, so naming the
 problems costs no torch import. Constructor arguments (``--problem-args``) go to the factory:
 e.g. ``brusselator`` takes a, b, u0; ``lorenz`` sigma, rho, beta, u0; the PAN problems their
-y0 and coefficients; ``ackley`` dim; the data sets test_fraction.
+y0 and coefficients; ``ackley`` dim; the data sets test_fraction; the PDEs (``pde``: classes,
+constructed by space-time Parareal on its grid) their float class attributes (``nu``, ``tf``,
+``allen-cahn``'s ``eps``).
 """
 from __future__ import annotations
 
@@ -58,6 +60,10 @@ def register(add) -> None:
     add("training", "ackley", ackley)
     for name in DATASETS:
         add("dataset", name, f"paraflow_hpc.problems.datasets:{name}")
+    from .pde import PDE_PROBLEMS  # NumPy only: petsc4py is imported when a problem is constructed
+
+    for name, cls in PDE_PROBLEMS.items():
+        add("pde", name, cls)
 
 
 def names(kind: str) -> list[str]:

@@ -30,6 +30,7 @@ kind       methods                               protocol
 ``network`` ParaFlow, ParaFlowS                  :class:`NetworkTraining` or a torch model
 ``training`` PASO                                :class:`StepTraining` or a torch model
 ``dataset`` layer-parallel ResNet                :class:`ClassificationData`
+``pde``    space-time Parareal                   :class:`PDE` (a class: :func:`load_class`)
 ========== ===================================== =======================================
 
 For ``network`` and ``training`` the factory may instead return a ``torch.nn.Module``: the
@@ -37,6 +38,11 @@ model is then trained on the data of ``--data FILE`` (:mod:`paraflow_hpc.io.data
 method's adapter (:mod:`paraflow_hpc.problems.adapters`). A new method with a new kind of
 problem adds it with :func:`define_kind`; one that reuses a kind (MGRIT: ``ode``) loads its
 problems with ``runners.common.configured_problem(cfg, kind)``.
+
+A ``pde`` problem is a class, not an object: space-time Parareal constructs it collectively on
+every time group's space communicator (and again on a coarser grid), so :func:`load_class`
+resolves and checks the class up front, on every rank alike, and the runner constructs and
+:func:`probe`\\ s the instances.
 """
 from __future__ import annotations
 
@@ -51,13 +57,17 @@ import numpy as np
 
 from ..config import ConfigError
 
-KINDS = ("ode", "ivp", "network", "training", "dataset")
+KINDS = ("ode", "ivp", "network", "training", "dataset", "pde")
 METHODS = {"ode": "Parareal/MGRIT", "ivp": "PAN", "network": "ParaFlow/ParaFlowS", "training": "PASO",
-           "dataset": "layer-parallel"}
+           "dataset": "layer-parallel", "pde": "space-time Parareal"}
 # Context keywords each kind's factories may take (passed only where the signature names them).
 CONTEXT = {"ode": (), "ivp": (), "network": ("reduction", "device", "in_dim", "out_dim"),
            "training": ("seed", "batch", "device", "in_dim", "out_dim"),
-           "dataset": ("n_samples", "seed")}
+           "dataset": ("n_samples", "seed"), "pde": ()}
+# Kinds whose problems are classes the method constructs itself: (positional arguments, keyword
+# arguments) it passes before the problem_args, and the base class that provides them.
+CONSTRUCTED = {"pde": (("comm", "nx", "ny", "proc_sizes"), ("ownership_ranges",),
+                       "paraflow_hpc.problems.pde.DMDAProblem")}
 ENTRY_POINT_GROUP = "paraflow_hpc.problems"
 
 
@@ -165,8 +175,44 @@ class ClassificationData(Protocol):
     n_classes: int
 
 
+@runtime_checkable
+class PDE(Protocol):
+    """u_t = ν Δ_h u + r(t, x, y, u) on the unit square, a 2-D PETSc DMDA, for space-time Parareal.
+
+    A *class* (subclass :class:`paraflow_hpc.problems.pde.DMDAProblem`, which provides the grid, the
+    PETSc side and ``coarsened``): the runner constructs it collectively on each time group's space
+    communicator as ``cls(comm, nx, ny, proc_sizes, ownership_ranges=None, **problem_args)``, and
+    ``coarsened(c)`` constructs it again, with the same problem_args, on the grid coarsened by c.
+    Class attributes: ``boundary`` "dirichlet" (u = 0 outside the nx × ny interior points) or
+    "periodic"; ``nu``: float, the diffusion coefficient (length²/time, the square having side 1);
+    ``linear``: bool, True when r does not depend on u; ``t0``, ``tf``: float, the default time span.
+    On an instance, with ``block_shape`` = (ye − ys, xe − xs) this rank's block of the grid (the
+    coordinates ``X``, ``Y`` have that shape), float64 arrays of that shape: ``initial_values()``
+    (finite), ``reaction(t, u)`` and ``reaction_derivative(t, u)`` (∂r/∂u, or None where r does not
+    depend on u), pure functions of (t, u) evaluated on each rank's block alone.
+    """
+
+    t0: float
+    tf: float
+    nu: float
+    boundary: str
+    linear: bool
+
+    def initial_values(self) -> np.ndarray: ...
+
+    def reaction(self, t: float, u: np.ndarray) -> np.ndarray: ...
+
+    def reaction_derivative(self, t: float, u: np.ndarray): ...
+
+    def ifunction(self, ts, t, u, udot, f) -> None: ...
+
+    def ijacobian(self, ts, t, u, udot, shift, J, P) -> None: ...
+
+    def coarsened(self, factor: int): ...
+
+
 PROTOCOLS = {"ode": ODE, "ivp": BatchedIVP, "network": NetworkTraining, "training": StepTraining,
-             "dataset": ClassificationData}
+             "dataset": ClassificationData, "pde": PDE}
 
 # --- registry -----------------------------------------------------------------------------------
 _REGISTRY: dict[str, dict[str, object]] | None = None
@@ -319,6 +365,8 @@ def load_problem(spec: str, kind: str, args: dict | None = None, *, data=None, c
     data set itself, ``spec`` only labels it). Raises ConfigError naming the problem and the
     fix; returns an object satisfying ``kind``'s protocol.
     """
+    if kind in CONSTRUCTED:
+        raise ValueError(f"{kind} problems are classes that {METHODS[kind]} constructs itself: use load_class")
     args = dict(args or {})
     if kind == "dataset" and data is not None:
         if args:
@@ -350,6 +398,51 @@ def load_problem(spec: str, kind: str, args: dict | None = None, *, data=None, c
     if check:
         probe(problem, kind, spec)
     return problem
+
+
+def load_class(spec: str, kind: str, args: dict | None = None):
+    """The class ``spec`` names, for a kind whose method constructs its problems itself (``pde``).
+
+    Checked without constructing it -- no collective work, the same answer on every rank: a class,
+    with the members of ``kind``'s protocol, whose constructor takes the method's arguments
+    (``CONSTRUCTED[kind]``) followed by ``args`` as keywords; where ``args`` go to a ``**params``
+    of a class with ``check_parameters`` (DMDAProblem: its float class attributes), their names and
+    values are checked too. Raises ConfigError naming the problem and the fix. The method constructs
+    it (collectively) and :func:`probe`\\ s the instance.
+    """
+    positional, keywords, base = CONSTRUCTED[kind]
+    args = dict(args or {})
+    cls = resolve(spec, kind)
+    if not inspect.isclass(cls):
+        raise ConfigError(f"problem {spec!r} is a {type(cls).__name__}, not a class: {METHODS[kind]} constructs "
+                          f"its problem on every rank's part of the grid; give a class (subclass {base})")
+    _check_members(spec, kind, cls)
+    taken = sorted(set(args) & {*positional, *keywords})
+    if taken:
+        raise ConfigError(f"problem {spec!r}: problem_args {', '.join(taken)} are {METHODS[kind]}'s own "
+                          f"(the grid: --nx, --ny, --space-ranks); drop them")
+    # __init__'s, less self: a __new__ (DMDAProblem's keeps the keywords for coarsened) takes *args, **kwargs
+    signature = inspect.signature(cls.__init__)
+    signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+    try:
+        bound = signature.bind(*positional, **dict.fromkeys(keywords), **args)
+    except TypeError as err:
+        own = [n for n, p in signature.parameters.items() if n not in (*positional, *keywords)
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        raise ConfigError(f"problem {spec!r}: {cls.__name__}{signature} cannot be constructed "
+                          f"as {cls.__name__}({', '.join(positional)}, "
+                          f"{', '.join(k + '=...' for k in keywords)}, **problem_args) with problem_args "
+                          f"{args!r} ({err}); its own arguments: {', '.join(own) or 'none'}. Check "
+                          f"--problem-args, and let a constructor of your own take {', '.join(keywords)} and pass it on to "
+                          f"{base.rsplit('.', 1)[-1]}.__init__") from None
+    var_keyword = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+    params = bound.arguments.get(var_keyword[0], {}) if var_keyword else {}
+    if params and hasattr(cls, "check_parameters"):
+        try:
+            cls.check_parameters(params)
+        except ValueError as err:
+            raise ConfigError(f"problem {spec!r}: {err}; check --problem-args") from None
+    return cls
 
 
 def _require_data(spec: str, factory, args: dict) -> None:
@@ -486,8 +579,25 @@ def _probe_dataset(problem, spec: str) -> None:
         _fail(spec, f"x_test has {xt.shape[1]} features, x_train {x.shape[1]}", "use the same features")
 
 
+def _probe_pde(problem, spec: str) -> None:
+    _time_span(spec, problem)
+    shape = tuple(problem.block_shape)
+    block = f"a float array over this rank's block of the grid, shape block_shape = (ye - ys, xe - xs) = {shape}"
+    u0 = _finite_array(spec, "initial_values()", _call(spec, "initial_values()", problem.initial_values),
+                       shape, kinds="f", fix=f"return {block}, finite: compute it from self.X, self.Y (the "
+                                             "block's coordinates, of that shape)")
+    t0 = float(problem.t0)
+    _finite_array(spec, f"reaction(t0, u0) (u0 of shape {shape})",
+                  _call(spec, "reaction(t0, u0)", problem.reaction, t0, u0.copy()), shape, kinds="f",
+                  fix=f"return r(t, x, y, u) as {block}, like u")
+    derivative = _call(spec, "reaction_derivative(t0, u0)", problem.reaction_derivative, t0, u0.copy())
+    if derivative is not None:
+        _finite_array(spec, f"reaction_derivative(t0, u0) (u0 of shape {shape})", derivative, shape, kinds="f",
+                      fix=f"return dr/du as {block}, like u, or None where r does not depend on u")
+
+
 PROBES = {"ode": _probe_ode, "ivp": _probe_ivp, "network": _probe_network, "training": _probe_training,
-          "dataset": _probe_dataset}
+          "dataset": _probe_dataset, "pde": _probe_pde}
 
 
 def probe(problem, kind: str, spec: str = "") -> None:

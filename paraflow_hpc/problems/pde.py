@@ -17,8 +17,10 @@ and shifted, plus a diagonal for a nonlinear reaction.
 
 To bring your own problem: subclass :class:`DMDAProblem` and set ``boundary``, ``nu``, ``linear``,
 ``t0``/``tf``, ``initial_values`` and ``reaction``/``reaction_derivative`` (arrays over this rank's
-block, shape (ye − ys, xe − xs)); override ``ifunction``/``ijacobian`` for other operators; register
-it in ``PDE_PROBLEMS``. See docs/spacetime.md.
+block, shape (ye − ys, xe − xs)); override ``ifunction``/``ijacobian`` for other operators. Run it
+as ``--problem my_pde.py:MyPDE`` (or ``package.module:MyPDE``, or an entry point: the one problem
+door, ``contract.load_class``); ``--problem-args nu=0.5`` sets its float class attributes. A new
+built-in: register it in ``PDE_PROBLEMS`` (``builtin.py`` registers those). See docs/spacetime.md.
 """
 from __future__ import annotations
 
@@ -80,6 +82,8 @@ class DMDAProblem:
     ``boundary``: "dirichlet" (u = 0 on the boundary of the unit square; the grid holds the
     ``nx`` × ``ny`` interior points, spacing 1/(nx + 1)) or "periodic" (spacing 1/nx).
     Counters ``nfev`` (residual evaluations) and ``njev`` (Jacobian evaluations) are per rank.
+    The float class attributes (``nu``, ``t0``, ``tf``, a subclass's own) are the problem's
+    parameters: keywords after the grid's set them on the instance (``--problem-args nu=0.5``).
     """
 
     name = "dmda"
@@ -89,7 +93,37 @@ class DMDAProblem:
     boundary = "dirichlet"
     linear = True           # r does not depend on u: TS may solve one linear system per stage
 
-    def __init__(self, comm, nx: int, ny: int, proc_sizes: tuple[int, int], ownership_ranges=None):
+    def __new__(cls, *args, **kwargs):
+        # The keywords after the grid's (--problem-args), whatever a subclass's own __init__ does with
+        # them: coarsened() constructs the coarse problem with the same ones.
+        self = super().__new__(cls)
+        self.problem_args = {key: value for key, value in kwargs.items() if key != "ownership_ranges"}
+        return self
+
+    @classmethod
+    def parameters(cls) -> dict[str, float]:
+        """The problem's parameters and their defaults: its public float class attributes."""
+        return {key: getattr(cls, key) for key in dir(cls)
+                if not key.startswith("_") and isinstance(getattr(cls, key), float)}
+
+    @classmethod
+    def check_parameters(cls, params: dict) -> dict[str, float]:
+        """``params`` as floats; ValueError on a name that is not a parameter or a value that is not a
+        finite number (what ``contract.load_class`` checks before any rank constructs the problem)."""
+        known = cls.parameters()
+        out = {}
+        for key, value in params.items():
+            if key not in known:
+                raise ValueError(f"{cls.__name__} has no parameter {key!r}; its parameters (float class "
+                                 f"attributes): {', '.join(sorted(known))}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"{cls.__name__} parameter {key} = {value!r}: must be a finite number")
+            out[key] = float(value)
+        return out
+
+    def __init__(self, comm, nx: int, ny: int, proc_sizes: tuple[int, int], ownership_ranges=None, **params):
+        for key, value in self.check_parameters(params).items():
+            setattr(self, key, value)
         PETSc = petsc(comm)
         self.comm, self.nx, self.ny, self.proc_sizes = comm, nx, ny, tuple(proc_sizes)
         periodic = self.boundary == "periodic"
@@ -194,8 +228,9 @@ class DMDAProblem:
             P.setDiagonal(self._diagonal, addv=PETSc.InsertMode.ADD_VALUES)
 
     def coarsened(self, factor: int) -> "DMDAProblem":
-        """The same problem on this grid coarsened by ``factor`` in each direction, on the same process
-        grid, each coarse point on the rank that owns the fine point under it (collective)."""
+        """The same problem (class and ``problem_args``) on this grid coarsened by ``factor`` in each
+        direction, on the same process grid, each coarse point on the rank that owns the fine point
+        under it (collective)."""
         sizes = [coarse_points(self.boundary, n, factor) for n in (self.nx, self.ny)]
         if None in sizes:
             raise ValueError(f"coarsening factor {factor} does not fit the {self.nx} x {self.ny} "
@@ -205,7 +240,8 @@ class DMDAProblem:
             raise ValueError(f"coarsening the {self.nx} x {self.ny} grid by {factor} leaves a rank of the "
                              f"{self.proc_sizes[0]} x {self.proc_sizes[1]} process grid without coarse points "
                              f"(coarse ownership {ranges})")
-        return type(self)(self.comm, sizes[0], sizes[1], self.proc_sizes, ownership_ranges=ranges)
+        return type(self)(self.comm, sizes[0], sizes[1], self.proc_sizes, ownership_ranges=ranges,
+                          **self.problem_args)
 
     def destroy(self) -> None:
         if self._diagonal is not None:

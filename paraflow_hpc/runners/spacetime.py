@@ -1,6 +1,9 @@
 """``paraflow-hpc run spacetime``: Parareal over P time groups × S space ranks on a PETSc DMDA, HDF5 out.
 
-``mpirun -n P·S paraflow-hpc run spacetime --space-ranks S --problem heat2d --nx 64 ...``. Every
+``mpirun -n P·S paraflow-hpc run spacetime --space-ranks S --problem heat2d --nx 64 ...``; the problem
+is a built-in or the user's ``DMDAProblem`` subclass (``--problem my_pde.py:MyPDE --problem-args
+nu=0.5``), a class resolved and checked on every rank before any collective work
+(``contract.load_class``), constructed on each space communicator and probed there. Every
 state is a DMDA Vec spread over S ranks (process grid ``process_grid(S)``); G and F are PETSc TS
 solvers configured from ``--petsc "-coarse_ts_type cn -fine_ksp_type cg ..."`` (prefixes
 ``coarse_`` and ``fine_``; options nobody read are reported at the end, as ``-options_left`` does).
@@ -28,20 +31,23 @@ import numpy as np
 from mpi4py import MPI
 
 from ..algorithms.parareal_st import new_state, parareal_st, serial_fine_st, zero_vecs
-from ..comm import EXIT_NON_FINITE, NonFiniteError, Progress, Timers, block_partition, collective, space_time_split
-from ..config import RunConfig, option, require
+from ..comm import (EXIT_NON_FINITE, NonFiniteError, Progress, Timers, block_partition, collective, raise_agreed,
+                    space_time_split)
+from ..config import ConfigError, RunConfig, option, require
 from ..io.checkpoint import CheckpointError
 from ..io.results import write_result
-from ..problems.pde import PDE_PROBLEMS, coarse_points, petsc, process_grid
+from ..problems.contract import load_class, probe
+from ..problems.pde import coarse_points, petsc, process_grid
 from ..propagators_petsc import (TS_TYPES, CoarseGridPropagator, TSPropagator, insert_options, option_names,
                                  prefixed_options, unused_options)
-from .common import EXIT_PREEMPTED, CheckpointHook
+from .common import EXIT_PREEMPTED, CheckpointHook, problem_args_option, problem_option
 
 
 @dataclass
 class Config(RunConfig):
     method = "spacetime"
-    problem: str = option("heat2d", "PDE on the unit square", choices=sorted(PDE_PROBLEMS))
+    problem: str = problem_option("heat2d", "pde")
+    problem_args: dict = problem_args_option()
     space_ranks: int = option(1, "ranks S per state (the DMDA's communicator); P = world size / S time groups")
     nx: int = option(32, "grid points in x")
     ny: int = option(0, "grid points in y (0: nx)")
@@ -51,8 +57,8 @@ class Config(RunConfig):
     coarse: str = option("beuler", "PETSc TS type of G (-coarse_ts_type overrides)", choices=list(TS_TYPES))
     coarse_steps: int = option(1, "steps of G per subinterval")
     coarse_grid_factor: int = option(1, "G on F's grid coarsened by this factor in x and y, G = P G_c R "
-                                        "(1: F's grid); heat2d needs it to divide nx + 1 and ny + 1, "
-                                        "allen-cahn nx and ny")
+                                        "(1: F's grid); a Dirichlet problem (heat2d) needs it to divide nx + 1 "
+                                        "and ny + 1, a periodic one (allen-cahn) nx and ny")
     fine: str = option("cn", "PETSc TS type of F (-fine_ts_type overrides)", choices=list(TS_TYPES))
     fine_steps: int = option(16, "steps of F per subinterval")
     petsc: str = option("", "PETSc options, one quoted string, prefixed coarse_ or fine_, e.g. "
@@ -68,10 +74,9 @@ class Config(RunConfig):
                 f"space_ranks = {self.space_ranks} does not divide the {comm_size} MPI ranks: the world is "
                 f"P time groups x S space ranks; use a divisor of {comm_size} or mpirun -n a multiple of "
                 f"{self.space_ranks}")
-        problem = PDE_PROBLEMS[self.problem]
-        t0 = problem.t0 if self.t0 is None else self.t0
-        tf = problem.tf if self.tf is None else self.tf
-        require(tf > t0, f"tf = {tf} must be greater than t0 = {t0}")
+        problem = self.problem_class()
+        r = self.resolved()
+        require(r["tf"] > r["t0"], f"tf = {r['tf']} must be greater than t0 = {r['t0']}")
         require(self.nx >= 1 and self.ny >= 0, f"nx = {self.nx}, ny = {self.ny}: need nx >= 1, ny >= 0")
         px, py = process_grid(self.space_ranks)
         ny = self.ny or self.nx
@@ -121,16 +126,36 @@ class Config(RunConfig):
                                  f"direction (process grid {px} x {py} for space_ranks = {self.space_ranks}); use "
                                  f"{axis} >= {smallest}, a smaller factor or fewer space ranks")
 
+    def problem_class(self):
+        """The problem's class (``contract.load_class``: resolved and checked, not constructed; the
+        same on every rank), kept on the config."""
+        key = (self.problem, repr(sorted(self.problem_args.items())))
+        cached = self.__dict__.get("_problem_class")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_problem_class"] = (key, load_class(self.problem, "pde", self.problem_args))
+        return cached[1]
+
     def resolved(self) -> dict:
-        problem = PDE_PROBLEMS[self.problem]
-        return {"t0": problem.t0 if self.t0 is None else self.t0,
-                "tf": problem.tf if self.tf is None else self.tf, "ny": self.ny or self.nx}
+        """t0, tf (the options, else the problem's: its class attributes or problem_args) and ny."""
+        problem = self.problem_class()
+        span = {}
+        for key in ("t0", "tf"):
+            value = getattr(self, key)
+            if value is None:
+                value = self.problem_args.get(key, getattr(problem, key))
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"problem {self.problem!r}: {key} = {value!r} is not a number; set it to "
+                                      "a float") from None
+            span[key] = value
+        return {**span, "ny": self.ny or self.nx}
 
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed: the options that define the solution. Not the
         layout: the checkpoint holds global fields that every layout reads its boxes of."""
-        keys = ("problem", "nx", "intervals", "coarse", "coarse_steps", "coarse_grid_factor", "fine", "fine_steps",
-                "petsc", "tol", "k_max", "reference")
+        keys = ("problem", "problem_args", "nx", "intervals", "coarse", "coarse_steps", "coarse_grid_factor", "fine",
+                "fine_steps", "petsc", "tol", "k_max", "reference")
         return {**{key: getattr(self, key) for key in keys}, **self.resolved()}
 
     # What a checkpoint carries besides the state, so that a restart (on any layout) neither
@@ -219,23 +244,31 @@ def _describe(layout: dict) -> str:
 def make_solvers(comm, comm_space, cfg, layout: dict):
     """(problem, G, F, u0) on ``comm_space``, set up under the collective guard of ``comm`` (the world).
 
-    ``cfg`` needs problem, nx, ny, t0, coarse, coarse_steps, coarse_grid_factor, fine, fine_steps (a
-    :class:`Config`); PETSc options must already be in the options database. With
-    ``coarse_grid_factor`` c > 1, G is a :class:`CoarseGridPropagator`: the same problem class on the
-    grid coarsened by c, behind DMDA interpolation and injection.
+    ``cfg`` needs problem, problem_args, nx, ny, t0, coarse, coarse_steps, coarse_grid_factor, fine,
+    fine_steps (a :class:`Config`); PETSc options must already be in the options database. With
+    ``coarse_grid_factor`` c > 1, G is a :class:`CoarseGridPropagator`: the same problem class (and
+    problem_args) on the grid coarsened by c, behind DMDA interpolation and injection. The problem's
+    arrays are probed on every rank's block (``contract.probe``) before anything uses them: a wrong
+    one raises :class:`~paraflow_hpc.comm.AgreedConfigError` (exit 2) on every rank alike.
     """
     r = cfg.resolved()
+    cls = cfg.problem_class()
     with collective(comm, "PETSc set-up"):
-        problem = PDE_PROBLEMS[cfg.problem](comm_space, cfg.nx, r["ny"], tuple(layout["process_grid"]))
+        problem = cls(comm_space, cfg.nx, r["ny"], tuple(layout["process_grid"]), **cfg.problem_args)
         if cfg.coarse_grid_factor > 1:
             coarse = CoarseGridPropagator(problem, "coarse_", cfg.coarse, cfg.coarse_steps, cfg.coarse_grid_factor)
         else:
             coarse = TSPropagator(problem, "coarse_", cfg.coarse, cfg.coarse_steps)
         fine = TSPropagator(problem, "fine_", cfg.fine, cfg.fine_steps)
+    probes = [(problem, cfg.problem)]
+    if cfg.coarse_grid_factor > 1:  # a block shape that only the coarse grid gets wrong
+        probes.append((coarse.problem, f"{cfg.problem} on G's grid (coarsened by {cfg.coarse_grid_factor})"))
+    raise_agreed(comm, next(filter(None, (_probe_error(p, spec) for p, spec in probes)), None))
+    with collective(comm, "PETSc set-up"):
         u0 = problem.initial()
-        probe = u0.duplicate()
-        problem.ifunction(None, r["t0"], u0, u0, probe)  # the first evaluation, inside the guard
-        probe.destroy()
+        residual = u0.duplicate()
+        problem.ifunction(None, r["t0"], u0, u0, residual)  # the first PETSc evaluation, inside the guard
+        residual.destroy()
         if cfg.coarse_grid_factor > 1:  # and the coarse problem's
             uc = coarse.problem.initial()
             fc = uc.duplicate()
@@ -243,6 +276,19 @@ def make_solvers(comm, comm_space, cfg, layout: dict):
             uc.destroy()
             fc.destroy()
     return problem, coarse, fine, u0
+
+
+def _probe_error(problem, spec: str) -> str | None:
+    """What is wrong with ``problem``'s arrays on this rank's block (``contract.probe``); None if nothing.
+    Local: no communication, so every rank gets to the agreement after it."""
+    try:
+        probe(problem, "pde", spec)
+    except ConfigError as err:
+        return str(err)
+    except Exception as err:  # e.g. no block_shape: a class not derived from DMDAProblem
+        return (f"problem {spec!r}: probing it failed: {type(err).__name__}: {err}; subclass "
+                "paraflow_hpc.problems.pde.DMDAProblem (docs/spacetime.md, 'Bring your own PETSc problem')")
+    return None
 
 
 def main(cfg: Config, comm) -> int:
@@ -257,7 +303,7 @@ def main(cfg: Config, comm) -> int:
     for counted in (problem, coarse.problem):  # the solves' evaluations, not the set-up's probe: every
         counted.nfev = counted.njev = 0         # segment of a restarted run then adds up to the whole run
     times = np.linspace(r["t0"], r["tf"], cfg.intervals + 1)
-    progress(f"space-time Parareal on {comm.size} ranks = {_describe(layout)}: {problem.name} on "
+    progress(f"space-time Parareal on {comm.size} ranks = {_describe(layout)}: {cfg.problem} on "
              f"{cfg.nx} x {r['ny']}, t in [{r['t0']}, {r['tf']}], N = {cfg.intervals}, "
              f"G = {coarse.describe()}, F = {fine.describe()}")
     if layout["time_groups"] == 1:   # Parareal's iterations then run one after the other: no gain in time
