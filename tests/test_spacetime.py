@@ -248,6 +248,26 @@ def _expect_bad_input(nranks, args, message, tmp_path):
     return proc
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--petsc", "-fine_ts_type bogus"], "PETSc refused -fine_ts_type bogus: unknown type"),
+    (["--petsc", "-coarse_ksp_type gmres -coarse_ksp_max_it 1.5"], "PETSc refused -coarse_ksp_max_it 1.5"),
+    (["--petsc", "-fine_ksp_type"], "PETSc option -fine_ksp_type needs a value"),
+    (["--petsc", "-fine_pc_factor_mat_solver_type nosuch"], "-fine_pc_factor_mat_solver_type nosuch: unknown solver"),
+    (["--nx", "50000"], "= 2500000000 grid points: more than this PETSc's"),
+    (["--nx", "2000", "--intervals", "20000"], "need at least"),
+    (["--fine-steps", "10000000000"], "fine_steps = 10000000000: must be between 1 and 1000000000"),
+    (["--problem", "allen-cahn", "--nx", "4", "--ny", "2", "--coarse-grid-factor", "2"],
+     "leaves 1 coarse grid point in the y direction (ny = 2, periodic): the grid transfers need at least 2"),
+    (["--nx", "0"], "nx = 0: the grid needs at least 1 point in x"),
+])
+def test_what_petsc_or_the_machine_cannot_take_is_refused_up_front(tmp_path, args, message):
+    """Bad PETSc option values, grids beyond PETSc's indices or the node's memory, step counts beyond
+    PETSc's integers: one error line and exit 2 on both ranks, before any PETSc object exists (were
+    per-rank tracebacks, OverflowError or an out-of-memory kill)."""
+    proc = _expect_bad_input(2, ["--space-ranks", "2", *args], message, tmp_path)
+    assert proc.stderr.count("error: ") == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_world_size_not_divisible_by_space_ranks_is_refused(tmp_path):
     proc = _expect_bad_input(3, ["--space-ranks", "2"], "space_ranks = 2 does not divide the 3 MPI ranks", tmp_path)
     assert proc.stderr.count("error: ") == 1  # agreed by every rank, printed once, before any collective work

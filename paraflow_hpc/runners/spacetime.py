@@ -31,16 +31,19 @@ import numpy as np
 from mpi4py import MPI
 
 from ..algorithms.parareal_st import new_state, parareal_st, serial_fine_st, zero_vecs
-from ..comm import (EXIT_NON_FINITE, NonFiniteError, Progress, Timers, block_partition, collective, raise_agreed,
-                    space_time_split)
+from ..comm import (EXIT_NON_FINITE, AgreedConfigError, NonFiniteError, Progress, Timers, block_partition,
+                    collective, raise_agreed, space_time_split)
 from ..config import ConfigError, RunConfig, option, require
 from ..io.checkpoint import CheckpointError
 from ..io.results import write_result
 from ..problems.contract import load_class, probe
 from ..problems.pde import coarse_points, petsc, process_grid
-from ..propagators_petsc import (TS_TYPES, CoarseGridPropagator, TSPropagator, insert_options, option_names,
-                                 prefixed_options, unused_options)
+from ..propagators_petsc import (TS_TYPES, CoarseGridPropagator, TSPropagator, check_options, insert_options,
+                                 option_names, prefixed_options, unused_options)
 from .common import EXIT_PREEMPTED, CheckpointHook, problem_args_option, problem_option
+
+
+MAX_STEPS = 10**9   # TS step counts are PETSc ints (32-bit); the adaptive limit is also 10^9
 
 
 @dataclass
@@ -77,7 +80,8 @@ class Config(RunConfig):
         problem = self.problem_class()
         r = self.resolved()
         require(r["tf"] > r["t0"], f"tf = {r['tf']} must be greater than t0 = {r['t0']}")
-        require(self.nx >= 1 and self.ny >= 0, f"nx = {self.nx}, ny = {self.ny}: need nx >= 1, ny >= 0")
+        require(self.nx >= 1, f"nx = {self.nx}: the grid needs at least 1 point in x (e.g. --nx 32)")
+        require(self.ny >= 0, f"ny = {self.ny}: must be >= 1, or 0 for ny = nx")
         px, py = process_grid(self.space_ranks)
         ny = self.ny or self.nx
         for axis, n, p in (("nx", self.nx, px), ("ny", ny, py)):
@@ -89,7 +93,8 @@ class Config(RunConfig):
                 f"intervals = {self.intervals} is smaller than the {time_groups} time groups "
                 f"({comm_size} ranks / space_ranks = {self.space_ranks}); use intervals >= {time_groups}")
         for key in ("coarse_steps", "fine_steps"):
-            require(getattr(self, key) >= 1, f"{key} = {getattr(self, key)}: must be >= 1")
+            require(1 <= getattr(self, key) <= MAX_STEPS,
+                    f"{key} = {getattr(self, key)}: must be between 1 and {MAX_STEPS} (steps per subinterval)")
         self._validate_coarse_grid(problem.boundary, ny, px, py)
         require(self.tol >= 0, f"tol = {self.tol}: must be >= 0")
         require(self.k_max >= 0, f"k_max = {self.k_max}: must be >= 0 (0 means N)")
@@ -121,6 +126,11 @@ class Config(RunConfig):
                         f"{max(2 * factor, (n + 1) - (n + 1) % factor) - 1}) or a factor dividing {n + 1}")
                 smallest = factor * (p + 1) - 1
             coarse = coarse_points(boundary, n, factor)
+            # PETSc's DMDA interpolation needs two points per periodic direction
+            require(not periodic or coarse >= 2,
+                    f"coarse_grid_factor = {factor} leaves {coarse} coarse grid point in the {axis[1]} direction "
+                    f"({axis} = {n}, periodic): the grid transfers need at least 2; use {axis} >= {2 * factor} or "
+                    "a smaller factor")
             require(coarse >= p, f"coarse_grid_factor = {factor} leaves {coarse} coarse grid point(s) in the "
                                  f"{axis[1]} direction ({axis} = {n}), fewer than the {p} space ranks in that "
                                  f"direction (process grid {px} x {py} for space_ranks = {self.space_ranks}); use "
@@ -299,6 +309,13 @@ def main(cfg: Config, comm) -> int:
     with collective(comm, "PETSc initialisation"):
         PETSc = petsc(comm)
         insert_options(PETSc, cfg.petsc)
+    # Checked before any PETSc object exists, identically on every rank (so no agreement is needed):
+    # the --petsc values, then a grid that PETSc's indices or this node's memory cannot hold.
+    refusal = (check_options(PETSc, cfg.petsc, {"coarse_": cfg.coarse, "fine_": cfg.fine})
+               or _index_refusal(PETSc, cfg))
+    if refusal:
+        raise AgreedConfigError(refusal)
+    raise_agreed(comm, _memory_refusal(comm, cfg, layout))
     problem, coarse, fine, u0 = make_solvers(comm, comm_space, cfg, layout)
     for counted in (problem, coarse.problem):  # the solves' evaluations, not the set-up's probe: every
         counted.nfev = counted.njev = 0         # segment of a restarted run then adds up to the whole run
@@ -463,6 +480,42 @@ def main(cfg: Config, comm) -> int:
                   "exact) or loosen --tol", file=sys.stderr, flush=True)
         return EXIT_NON_FINITE
     return 0
+
+
+def _index_refusal(PETSc, cfg: Config) -> str | None:
+    """A grid with more points than PETSc's integers (PetscInt: 32-bit unless built otherwise) count."""
+    points, limit = cfg.nx * cfg.resolved()["ny"], int(np.iinfo(PETSc.IntType).max)
+    if points <= limit:
+        return None
+    return (f"nx x ny = {cfg.nx} x {cfg.resolved()['ny']} = {points} grid points: more than this PETSc's "
+            f"{8 * np.dtype(PETSc.IntType).itemsize}-bit indices count ({limit}); use a smaller grid or a PETSc "
+            "configured --with-64-bit-indices")
+
+
+def _memory_refusal(comm, cfg: Config, layout: dict) -> str | None:
+    """Collective: a message if the states alone (a lower bound: no solver workspace, no LU fill) of
+    the ranks on this node exceed its available memory, else None. Each rank holds, for its m
+    subintervals and its block of the grid, U_a .. U_b, G and F values, the reference and ~10
+    vectors and 3 five-point matrices inside G and F."""
+    px, py = layout["process_grid"]
+    points = -(-cfg.nx // px) * -(-cfg.resolved()["ny"] // py)
+    m = -(-cfg.intervals // layout["time_groups"])
+    vectors = 3 * m + 2 + (m + 1 if cfg.reference else 0) + 10
+    need = 8 * points * vectors + 3 * 5 * 12 * points + 8 * (cfg.intervals + 1)
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    node_need = node.allreduce(need)
+    node.Free()
+    try:
+        with open("/proc/meminfo") as fh:
+            available = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    if node_need <= available:
+        return None
+    return (f"the states of nx x ny = {cfg.nx} x {cfg.resolved()['ny']}, N = {cfg.intervals} need at least "
+            f"{node_need / 2**30:.1f} GiB on this node ({need / 2**30:.2f} GiB per rank, {m} subintervals of a "
+            f"{points}-point block), {available / 2**30:.1f} GiB are available; use a smaller grid or fewer "
+            "subintervals, or more nodes (ranks) for the same problem")
 
 
 def _unused_hint(unused: list[str]) -> str:
