@@ -37,7 +37,7 @@ import numpy as np
 from ..comm import AgreedError, collective
 from .boxes import (parallel_hdf5_available, read_parallel, read_scattered, row_blocks, write_gathered,
                     write_parallel)
-from .files import fsync_dir, pid_alive, placeholders
+from .files import describe_arrays, fsync_dir, pid_alive, placeholders
 from .schema import SchemaError, check_tree, int_attr, text_attr
 
 SCHEMA_VERSION = 2
@@ -124,10 +124,6 @@ def _recv(comm, out: np.ndarray, source: int) -> None:
         comm.Recv(piece, source=source, tag=7)
 
 
-def _describe(arrays: dict[str, np.ndarray]) -> list[tuple[str, str, tuple]]:
-    return [(name, arr.dtype.str, arr.shape) for name, arr in arrays.items()]
-
-
 def _numeric(name: str, arr) -> np.ndarray:
     arr = np.ascontiguousarray(arr)
     if arr.dtype.kind not in "biufc":
@@ -169,7 +165,7 @@ def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[st
         if boxes and mine:
             raise ValueError("a checkpoint with fields holds no per-rank arrays: pass rank_arrays={}")
         shared = {k: _numeric(k, v) for k, v in (root_arrays or {}).items()} if comm.rank == 0 else {}
-        layouts = comm.gather(_describe(mine), root=0)
+        layouts = comm.gather(describe_arrays(mine), root=0)
         tmp = f"{path}.partial-{comm.bcast(os.getpid(), root=0)}"
         parallel = bool(boxes) and comm.size > 1 and parallel_hdf5_available()
         f = None
@@ -192,7 +188,7 @@ def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[st
         error = comm.bcast(error, root=0)
         if error is None and parallel:
             # every rank creates the same objects (collective metadata); rank 0 writes /root's data
-            meta, described = comm.bcast((meta, _describe(shared)) if comm.rank == 0 else None, root=0)
+            meta, described = comm.bcast((meta, describe_arrays(shared)) if comm.rank == 0 else None, root=0)
             if comm.rank != 0:
                 shared = placeholders(described)
             with h5py.File(tmp, "w", driver="mpio", comm=comm) as pf:

@@ -2,8 +2,8 @@
 
 Durability (a rename is only as durable as the fsync of the file before it and of its directory
 after it), whether the process that owns a temporary or a lock is still alive, and the
-zero-memory placeholder arrays with which ranks that hold no data join a collective HDF5
-dataset creation.
+zero-memory placeholder arrays (from their description) with which ranks that hold no data join a
+collective HDF5 dataset creation.
 """
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def pid_alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def describe_arrays(arrays: dict) -> list[tuple[str, str, tuple]]:
+    """``[(name, dtype str, shape)]`` of numpy arrays: what other ranks need to create the same
+    datasets, sent instead of the data (no pickled arrays)."""
+    return [(name, arr.dtype.str, arr.shape) for name, arr in arrays.items()]
 
 
 def placeholders(layout) -> dict[str, np.ndarray]:

@@ -33,7 +33,7 @@ from mpi4py import MPI
 from ..comm import AgreedError, allgather_per_rank, collective, mpi_library_version
 from . import boxes as _boxes
 from .boxes import parallel_hdf5_available, row_blocks
-from .files import fsync_dir, fsync_file, placeholders
+from .files import describe_arrays, fsync_dir, fsync_file, placeholders
 
 SPACE_MARGIN = 2**20   # HDF5 metadata, attributes and timings on top of the arrays' bytes
 CHUNK_BYTES = 64 * 2**20   # largest MPI message / MPI-IO write; a test lowers it to check the blocks
@@ -118,7 +118,7 @@ def write_result(comm, path: str, *, method: str, config: dict, history: dict | 
         data = {k: np.asarray(v) for k, v in (data or {}).items()}
     # Other ranks create the same datasets (collective metadata) but write none of rank 0's
     # data: they get names, shapes and dtypes only, never a pickled copy of the arrays.
-    shapes = comm.bcast((meta, _describe(history), _describe(data)) if comm.rank == 0 else None, root=0)
+    shapes = comm.bcast((meta, describe_arrays(history), describe_arrays(data)) if comm.rank == 0 else None, root=0)
     if comm.rank != 0:
         meta, history, data = shapes[0], placeholders(shapes[1]), placeholders(shapes[2])
     tmp = partial_name(path, comm.bcast(os.getpid(), root=0))
@@ -175,10 +175,6 @@ def partial_name(path: str, pid: int) -> str:
     """The temporary name a result is written under: never mistaken for a result, and removed
     by the next run that writes ``path`` (see :mod:`paraflow_hpc.io.paths`)."""
     return f"{path}.partial-{pid}"
-
-
-def _describe(arrays: dict) -> list[tuple[str, str, tuple]]:
-    return [(name, arr.dtype.str, arr.shape) for name, arr in arrays.items()]
 
 
 def _write_gathered(comm, tmp, meta, config, history, per_rank, solution, layout, data, boxes) -> None:
