@@ -25,7 +25,7 @@ from __future__ import annotations
 import ctypes
 import shlex
 
-from .petsc_options import is_number, option_names, petsc
+from .petsc_options import option_names, petsc
 
 TS_TYPES = ("beuler", "cn", "theta", "bdf", "arkimex", "rosw")
 
@@ -298,37 +298,44 @@ def insert_options(PETSc, options: str) -> list[str]:
     return option_names(options)
 
 
-def check_options(PETSc, options: str, ts_types: dict[str, str]) -> str | None:
-    """Whether PETSc accepts ``options`` (a ``--petsc`` string), tried before any collective work:
-    for each prefix in ``ts_types`` (e.g. ``{"coarse_": "beuler", "fine_": "cn"}``) a TS with that
-    default type and the propagators' solver defaults reads its options on COMM_SELF, as the real
-    one will. Returns None, or a message naming the refused option(s). The same on every rank.
+# TS types that take the problems' implicit form F(t, u, u') = 0 (an IFunction); explicit ones refuse it
+IMPLICIT_TS_TYPES = (*TS_TYPES, "alpha", "glle", "irk", "radau5")
+# PC types that solve exactly on their own, so that -X_ksp_type preonly (one application) is a solve
+EXACT_PCS = ("lu", "cholesky", "qr", "svd", "redundant")
+# factorizations with no parallel (MPIAIJ) implementation: on S > 1 space ranks PCSetUp fails
+SEQUENTIAL_PCS = ("ilu", "icc")
+PARALLEL_FACTOR_SOLVERS = ("superlu_dist", "mumps", "pastix", "strumpack", "mkl_cpardiso", "elemental", "scalapack")
+
+
+def check_options(PETSc, ts_types: dict[str, str], space_ranks: int) -> str | None:
+    """Whether G's and F's options, as PETSc's database holds them (``--petsc``, ``PETSC_OPTIONS``,
+    ``.petscrc``), make solvers that work and solve, tried before any collective work. For each
+    prefix in ``ts_types`` (``{"coarse_": "beuler", "fine_": "cn"}``: the default types) a TS with
+    the propagators' defaults reads the options on COMM_SELF, as the real one will; then the types
+    it ends up with are checked: an implicit TS type, a KSP that solves (``preonly`` only with a
+    direct PC) and, on ``space_ranks`` > 1, factorizations that exist in parallel. Returns None, or
+    one message naming the first refused option. The same on every rank (no communication).
 
     The options are read under a private copy of the prefix (``check<prefix>``), so the flags by
     which :func:`unused_options` tells which options G and F read stay untouched.
     """
-    tokens = shlex.split(options or "")
-    pairs, i = [], 0
-    while i < len(tokens):   # (name, value or None): a value is the next token unless it is an option
-        value = tokens[i + 1] if i + 1 < len(tokens) and (not tokens[i + 1].startswith("-") or
-                                                           is_number(tokens[i + 1])) else None
-        pairs.append((tokens[i].lstrip("-"), value))
-        i += 1 if value is None else 2
+    pairs = [(n, v) for n, v in sorted(PETSc.Options().getAll().items()) if n.startswith(tuple(ts_types))]
     solvers = {v for k, v in vars(PETSc.Mat.SolverType).items() if not k.startswith("_")}
     for name, value in pairs:
-        if name.endswith("_type") and value is None:
+        if name.endswith("_type") and not value:
             return f"PETSc option -{name} needs a value (a type name), e.g. \"-{name} <type>\""
         if name.endswith("pc_factor_mat_solver_type") and value not in solvers:
             return (f"PETSc option -{name} {value}: unknown solver package; one of {', '.join(sorted(solvers))} "
                     "(and only those this PETSc was built with)")
 
-    def refused(subset) -> int:
-        """PETSc's error code for reading ``subset`` under the private prefixes, 0 if accepted."""
+    def dry_run(subset) -> tuple[int, dict]:
+        """(PETSc's error code for reading ``subset`` under the private prefixes, 0 if accepted;
+        {prefix: (ts, ksp, pc, factor solver) types} the options give)."""
         db = PETSc.Options()
         copies = [("check" + name, value) for name, value in subset]
         for name, value in copies:
             db.setValue(name, "" if value is None else value)
-        code = 0
+        code, types = 0, {}
         PETSc.Sys.pushErrorHandler("ignore")   # our message names the option; PETSc's would be per rank
         try:
             for prefix, ts_type in ts_types.items():
@@ -339,10 +346,14 @@ def check_options(PETSc, options: str, ts_types: dict[str, str]) -> str | None:
                     ksp = ts.getSNES().getKSP()
                     ksp.setType("preonly")
                     ksp.getPC().setType("lu")
+                    ksp.getPC().setFactorSolverType("superlu_dist")
                     ts.setFromOptions()
                     ts.getSNES().setFromOptions()
                     ksp.setFromOptions()
                     ksp.getPC().setFromOptions()
+                    pc = ksp.getPC()
+                    types[prefix] = (ts.getType(), ksp.getType(), pc.getType(),
+                                     pc.getFactorSolverType() if pc.getType() in ("lu", "cholesky") else None)
                 except PETSc.Error as err:
                     code = code or err.ierr
                 finally:
@@ -351,20 +362,41 @@ def check_options(PETSc, options: str, ts_types: dict[str, str]) -> str | None:
             PETSc.Sys.popErrorHandler()
             for name, _ in copies:
                 db.delValue(name)
-        return code
+        return code, types
 
-    prefixed = [(n, v) for n, v in pairs if any(n.startswith(p) for p in ts_types)]
-    if not refused(prefixed):
-        return None
-    for j in range(len(prefixed)):   # the first option whose addition is refused (it may need earlier ones)
-        code = refused(prefixed[:j + 1])
-        if code:
-            name, value = prefixed[j]
-            break
-    what = {86: "unknown type (misspelt, or from a package this PETSc lacks)", 62: "a value of the wrong kind",
-            63: "a value PETSc cannot read or out of range"}
-    return (f"PETSc refused -{name}{'' if value is None else ' ' + value}: {what.get(code, f'error code {code}')}; "
-            "see the PETSc manual page of that TS/SNES/KSP/PC type or option")
+    code, types = dry_run(pairs)
+    if code:
+        def culprit(subset):
+            """An option without which PETSc accepts the rest of ``subset``, preferring a value over a
+            type (-X_ksp_rtol abc is read only once -X_ksp_type cg replaces preonly: both qualify)."""
+            found = [(n, v) for i, (n, v) in enumerate(subset) if not dry_run(subset[:i] + subset[i + 1:])[0]]
+            return sorted(found, key=lambda pair: pair[0].endswith("_type"))[0] if found else None
+
+        name, value = culprit(pairs) or (None, None)
+        if name is None:   # several refused options: look in the shortest refused head of the list
+            j = next(j for j in range(len(pairs)) if dry_run(pairs[:j + 1])[0])
+            code = dry_run(pairs[:j + 1])[0]
+            name, value = culprit(pairs[:j + 1]) or pairs[j]
+        what = {86: "unknown type (misspelt, or from a package this PETSc lacks)", 62: "a value of the wrong kind",
+                63: "a value PETSc cannot read or out of range"}
+        return (f"PETSc refused -{name}{'' if value is None else ' ' + value}: {what.get(code, f'error code {code}')}; "
+                "see the PETSc manual page of that TS/SNES/KSP/PC type or option")
+    for p, (ts_type, ksp_type, pc_type, factor) in types.items():
+        if ts_type not in IMPLICIT_TS_TYPES:
+            return (f"-{p}ts_type {ts_type} is an explicit method, but the problems give PETSc the implicit form "
+                    f"F(t, u, u') = 0; use an implicit one: {', '.join(IMPLICIT_TS_TYPES)}")
+        if ksp_type == "preonly" and pc_type not in EXACT_PCS:
+            return (f"-{p}pc_type {pc_type} with -{p}ksp_type preonly (the default, meant for a direct solve) "
+                    "applies the preconditioner once instead of solving: a wrong answer, not a slow one; add a "
+                    f"Krylov method, e.g. -{p}ksp_type gmres (cg for symmetric problems such as heat2d)")
+        if space_ranks > 1 and pc_type in SEQUENTIAL_PCS:
+            return (f"-{p}pc_type {pc_type} has no parallel implementation in PETSc, and the states are spread "
+                    f"over {space_ranks} space ranks; use -{p}pc_type bjacobi with -{p}sub_pc_type {pc_type} "
+                    f"(the same per rank), asm or gamg")
+        if space_ranks > 1 and factor is not None and factor not in PARALLEL_FACTOR_SOLVERS:
+            return (f"-{p}pc_factor_mat_solver_type {factor} factorizes on one rank only, and the states are "
+                    f"spread over {space_ranks} space ranks; use superlu_dist (the default) or mumps")
+    return None
 
 
 def prefixed_options(PETSc, prefixes: tuple[str, ...]) -> dict[str, str]:

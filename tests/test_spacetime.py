@@ -149,7 +149,7 @@ def test_petsc_options_reach_coarse_and_fine_separately(tmp_path):
     assert (run["coarse_pc_type"], run["fine_pc_type"]) == ("lu", "jacobi")
     # an option without the coarse_/fine_ prefix reaches neither, and is reported
     # and one that G's direct solve (preonly) never reads is told apart from it
-    assert run["petsc_options_unused"] == "ksp_type coarse_ksp_rtol"
+    assert sorted(run["petsc_options_unused"].split()) == ["coarse_ksp_rtol", "ksp_type"]
     assert proc.stderr.count("not used by G or F: -ksp_type (options of G or F need the coarse_ or fine_ "
                              "prefix); -coarse_ksp_rtol (not read by the solver types in use") == 1, proc.stderr
     assert run["error"][-1] < 1e-10  # F's iterative solve still gives the sequential answer at k = N
@@ -253,6 +253,11 @@ def _expect_bad_input(nranks, args, message, tmp_path):
     (["--petsc", "-coarse_ksp_type gmres -coarse_ksp_max_it 1.5"], "PETSc refused -coarse_ksp_max_it 1.5"),
     (["--petsc", "-fine_ksp_type"], "PETSc option -fine_ksp_type needs a value"),
     (["--petsc", "-fine_pc_factor_mat_solver_type nosuch"], "-fine_pc_factor_mat_solver_type nosuch: unknown solver"),
+    (["--petsc", "-fine_pc_type jacobi"], "-fine_pc_type jacobi with -fine_ksp_type preonly (the default, meant "
+                                          "for a direct solve) applies the preconditioner once instead of solving"),
+    (["--petsc", "-fine_ts_type rk"], "-fine_ts_type rk is an explicit method"),
+    (["--petsc", "-coarse_ksp_type gmres -coarse_pc_type ilu"], "-coarse_pc_type ilu has no parallel implementation"),
+    (["--petsc", "-fine_pc_factor_mat_solver_type petsc"], "-fine_pc_factor_mat_solver_type petsc factorizes on one"),
     (["--nx", "50000"], "= 2500000000 grid points: more than this PETSc's"),
     (["--nx", "2000", "--intervals", "20000"], "need at least"),
     (["--fine-steps", "10000000000"], "fine_steps = 10000000000: must be between 1 and 1000000000"),
@@ -266,6 +271,18 @@ def test_what_petsc_or_the_machine_cannot_take_is_refused_up_front(tmp_path, arg
     per-rank tracebacks, OverflowError or an out-of-memory kill)."""
     proc = _expect_bad_input(2, ["--space-ranks", "2", *args], message, tmp_path)
     assert proc.stderr.count("error: ") == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_options_from_petsc_options_and_the_benchmark_are_checked_alike(tmp_path):
+    """The up-front check reads PETSc's database, so PETSC_OPTIONS is checked as --petsc is, and the
+    benchmark runs the same check before each layout."""
+    proc = run_cli(2, ["run", "spacetime", "--nx", "8", "--intervals", "2", "--quiet", "--output",
+                       tmp_path / "r.h5"], env={"PETSC_OPTIONS": "-fine_ksp_type cgg"}, check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("error: PETSc refused -fine_ksp_type cgg") == 1, proc.stderr
+    proc = run_cli(2, ["bench", "spacetime", "--nx", "8", "--intervals", "2", "--quiet", "--petsc",
+                       "-fine_pc_type sor", "--output", tmp_path / "b.h5"], check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("error: -fine_pc_type sor with -fine_ksp_type preonly") == 1
+    assert "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_world_size_not_divisible_by_space_ranks_is_refused(tmp_path):
@@ -431,6 +448,15 @@ MORE_PDES = textwrap.dedent("""
             return u.ravel()
 
 
+    class Neumann(MyPDE):
+        boundary = "neumann"
+
+
+    class WrongExact(MyPDE):
+        def exact_values(self, t):
+            return np.zeros(3)
+
+
     class NoRanges(MyPDE):
         def __init__(self, comm, nx, ny, proc_sizes):
             super().__init__(comm, nx, ny, proc_sizes)
@@ -490,6 +516,8 @@ def test_user_problem_on_a_coarse_grid_gets_its_arguments(tmp_path):
     (2, 1, "NaNStart", "initial_values() is not finite"),
     (2, 2, "FlatReaction", "reaction(t0, u0) (u0 of shape (5, 3)) has shape (15,), expected (5, 3); return "
                            "r(t, x, y, u) as a float array"),
+    (2, 2, "Neumann", "boundary = 'neumann' is not one the grid knows; set boundary = \"dirichlet\""),
+    (2, 1, "WrongExact", "exact_values(t0) has shape (3,), expected (5, 6)"),   # was found only at the end
 ])
 def test_user_problem_with_wrong_arrays_ends_every_rank_with_one_message(tmp_path, nranks, space_ranks, name,
                                                                          message):

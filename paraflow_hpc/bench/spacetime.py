@@ -123,6 +123,7 @@ def run_layout(comm, cfg: Config, space_ranks: int, coarse_grid_factor: int = 1)
     r = run_cfg.resolved()
     layout = runner.layout_of(comm, space_ranks)
     comm_time, comm_space = space_time_split(comm, space_ranks)
+    runner.check_before_setup(comm, petsc(comm), run_cfg, layout)
     problem, coarse, fine, u0 = runner.make_solvers(comm, comm_space, run_cfg, layout)
     times = np.linspace(r["t0"], r["tf"], cfg.intervals + 1)
     p = comm_time.size

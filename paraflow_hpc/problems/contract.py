@@ -581,6 +581,9 @@ def _probe_dataset(problem, spec: str) -> None:
 
 def _probe_pde(problem, spec: str) -> None:
     _time_span(spec, problem)
+    if problem.boundary not in ("dirichlet", "periodic"):
+        _fail(spec, f"boundary = {problem.boundary!r} is not one the grid knows",
+              "set boundary = \"dirichlet\" (u = 0 on the boundary) or \"periodic\"")
     shape = tuple(problem.block_shape)
     block = f"a float array over this rank's block of the grid, shape block_shape = (ye - ys, xe - xs) = {shape}"
     u0 = _finite_array(spec, "initial_values()", _call(spec, "initial_values()", problem.initial_values),
@@ -594,6 +597,9 @@ def _probe_pde(problem, spec: str) -> None:
     if derivative is not None:
         _finite_array(spec, f"reaction_derivative(t0, u0) (u0 of shape {shape})", derivative, shape, kinds="f",
                       fix=f"return dr/du as {block}, like u, or None where r does not depend on u")
+    if problem.exact_values is not None:   # used only at the end: a wrong one would lose the whole run there
+        _finite_array(spec, "exact_values(t0)", _call(spec, "exact_values(t0)", problem.exact_values, t0), shape,
+                      kinds="f", fix=f"return the exact solution at t as {block}, or leave exact_values = None")
 
 
 PROBES = {"ode": _probe_ode, "ivp": _probe_ivp, "network": _probe_network, "training": _probe_training,

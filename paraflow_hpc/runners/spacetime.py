@@ -309,13 +309,7 @@ def main(cfg: Config, comm) -> int:
     with collective(comm, "PETSc initialisation"):
         PETSc = petsc(comm)
         insert_options(PETSc, cfg.petsc)
-    # Checked before any PETSc object exists, identically on every rank (so no agreement is needed):
-    # the --petsc values, then a grid that PETSc's indices or this node's memory cannot hold.
-    refusal = (check_options(PETSc, cfg.petsc, {"coarse_": cfg.coarse, "fine_": cfg.fine})
-               or _index_refusal(PETSc, cfg))
-    if refusal:
-        raise AgreedConfigError(refusal)
-    raise_agreed(comm, _memory_refusal(comm, cfg, layout))
+    check_before_setup(comm, PETSc, cfg, layout)
     problem, coarse, fine, u0 = make_solvers(comm, comm_space, cfg, layout)
     for counted in (problem, coarse.problem):  # the solves' evaluations, not the set-up's probe: every
         counted.nfev = counted.njev = 0         # segment of a restarted run then adds up to the whole run
@@ -434,7 +428,8 @@ def main(cfg: Config, comm) -> int:
         return EXIT_PREEMPTED
 
     exact_error, final_exact_error = _exact_errors(comm_time, problem, result.boundaries, times[a + 1:b + 1])
-    unused = unused_options(option_names(cfg.petsc))
+    # those of --petsc and every G or F option from PETSC_OPTIONS or .petscrc
+    unused = unused_options(sorted(set(option_names(cfg.petsc)) | set(solver_options)))
     if unused and comm.rank == 0:  # even with --quiet, as PETSc's -options_left
         print(f"warning: PETSc options set but not used by G or F: {_unused_hint(unused)}", file=sys.stderr,
               flush=True)
@@ -480,6 +475,19 @@ def main(cfg: Config, comm) -> int:
                   "exact) or loosen --tol", file=sys.stderr, flush=True)
         return EXIT_NON_FINITE
     return 0
+
+
+def check_before_setup(comm, PETSc, cfg: Config, layout: dict) -> None:
+    """Collective: raise :class:`~paraflow_hpc.comm.AgreedConfigError` on every rank, before any PETSc
+    object exists, for G and F options that PETSc refuses or that would not solve
+    (:func:`~paraflow_hpc.propagators_petsc.check_options`, from every source of options), and for a
+    grid beyond PETSc's indices or the memory of the ranks' nodes. PETSc's options database must hold
+    the run's options."""
+    refusal = (check_options(PETSc, {"coarse_": cfg.coarse, "fine_": cfg.fine}, cfg.space_ranks)
+               or _index_refusal(PETSc, cfg))   # the same on every rank: no agreement needed
+    if refusal:
+        raise AgreedConfigError(refusal)
+    raise_agreed(comm, _memory_refusal(comm, cfg, layout))
 
 
 def _index_refusal(PETSc, cfg: Config) -> str | None:
