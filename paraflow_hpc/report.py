@@ -38,8 +38,10 @@ PATH_OPTIONS = ("output", "checkpoint", "restart", "table", "quiet")
 # Result attributes a method's table shows beside iterations/converged/speedup: what tells a user
 # whether the run succeeded and what it cost (PAN has no iterations: status, steps, error).
 SUMMARY_ATTRS = {
+    "parareal": ("restarted_from",),
     "pan": ("status", "n_steps", "n_rejected", "depth", "nfev", "error"),
-    "spacetime": ("time_groups", "space_ranks", "coarse_grid_factor", "exact_error"),
+    "spacetime": ("time_groups", "space_ranks", "nx", "ny", "coarse_grid_factor", "exact_error",
+                  "segment_parareal_seconds", "restarted_from"),
     "paso": ("paso_train_loss", "final_max_abs_diff"),
     "layer-parallel": ("final_test_accuracy",),
 }
@@ -332,7 +334,12 @@ def main(files: list[str], out_dir: str) -> int:
             bad += 1
     if bad:
         return 2
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:   # an existing file, a path through a file, no permission
+        print(f"error: --out {out_dir}: cannot be used as the report's directory ({err.strerror or err}); "
+              "give a new or existing directory")
+        return 2
     md, csv_path = write_tables(to_rows(runs), out_dir)
     outputs = [md, csv_path]
     names = labels(runs)

@@ -499,7 +499,8 @@ def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec
     ``fields``: ``{name: (shape, kinds)}``, the global arrays a checkpoint written with
     ``fields`` must hold (exact shapes); it may come from any number of ranks. ``boxes``: this
     rank's ``{name: (offset, shape)}`` to read from each (read with parallel HDF5 where h5py has
-    it, else sent by rank 0); they are "this rank's arrays" of the return value.
+    it, else sent by rank 0); they are "this rank's arrays" of the return value. The meta returned
+    also holds ``checkpoint_file``: the file read (``path``, or its ``.prev``).
     """
     error = None
     boxes = {k: (tuple(int(o) for o in off), tuple(int(n) for n in shp)) for k, (off, shp) in (boxes or {}).items()}
@@ -541,7 +542,7 @@ def load_checkpoint(comm, path: str, kind: str, expect: dict | None = None, spec
                     opened.close()
     if error:
         raise CheckpointError(error)
-    return meta, mine, root
+    return {**meta, "checkpoint_file": chosen}, mine, root
 
 
 def _transfer(comm, opened, group, name, dt, shape, dest):

@@ -42,7 +42,7 @@ class CheckpointHook:
 
     def __init__(self, comm, cfg, kind: str, identity: dict, progress=None,
                  fix: str = "lower the step size or learning rate"):
-        self.comm, self.kind, self.identity, self.fix = comm, kind, identity, fix
+        self.comm, self.cfg, self.kind, self.identity, self.fix = comm, cfg, kind, identity, fix
         self.path, self.every = cfg.checkpoint, cfg.checkpoint_every
         self.spec = getattr(cfg, "checkpoint_spec", None)   # names and shapes a checkpoint must hold
         # global arrays (distributed fields) it holds instead of per-rank arrays: any layout reads them
@@ -90,8 +90,12 @@ class CheckpointHook:
     def load(self, path: str, boxes: dict | None = None):
         """Collective: (meta, this rank's arrays, root arrays); ``boxes`` ``{name: (offset, shape)}``:
         this rank's pieces of the fields, for a config with ``checkpoint_fields``."""
-        return load_checkpoint(self.comm, path, self.kind, self.identity, self.spec, meta_types=self.meta_types,
-                               fields=self.fields, boxes=boxes)
+        loaded = load_checkpoint(self.comm, path, self.kind, self.identity, self.spec, meta_types=self.meta_types,
+                                 fields=self.fields, boxes=boxes)
+        # the file actually read (path.prev where path was damaged): what the log and the result's
+        # restarted_from name
+        self.cfg.restart = loaded[0]["checkpoint_file"]
+        return loaded
 
     def restore(self, path: str, build):
         """Collective: :meth:`load`, then ``build(meta, arrays, root)`` into the method's state.

@@ -463,7 +463,10 @@ def main(cfg: Config, comm) -> int:
             timings=result.timings, counters=segment,
             blocks={"u": ((cfg.intervals, r["ny"], cfg.nx), (a, problem.ys, problem.xs), field)},
             data={"times": times}, attrs=attrs)
-    progress(f"done: {result.iterations} iterations, converged = {result.converged}, final error vs "
+    exact = result.iterations >= cfg.intervals and not (result.jumps and result.jumps[-1] <= cfg.tol)
+    progress(f"done: {result.iterations} iterations, converged = {result.converged}"
+             + (" (k = N: the sequential fine solution, exactly; tol was not met before)" if exact else "")
+             + ", final error vs "
              f"sequential fine = {result.errors[-1] if result.errors else float('nan'):.3e}"
              + (f", max error vs exact solution {exact_error:.3e}" if np.isfinite(exact_error) else "")
              + f", time {total_parareal:.3f} s (sequential fine {total_serial:.3f} s)"
