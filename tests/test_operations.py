@@ -172,6 +172,8 @@ def test_report_of_a_benchmark_shows_its_configurations(tmp_path):
     header = [c.strip() for c in rows[0].strip("|").split("|")]
     layouts = [dict(zip(header, (c.strip() for c in row.strip("|").split("|")))) for row in rows[2:]]
     assert sorted((r["time_groups"], r["space_ranks"]) for r in layouts) == [("1", "2"), ("2", "1")], summary
+    with h5py.File(bench) as f:   # which solvers were measured
+        assert (f.attrs["fine_ts_type"], f.attrs["fine_pc_type"], f.attrs["coarse_ts_type"]) == ("cn", "lu", "beuler")
     # --out naming a file: one error line, exit 2 (was a FileExistsError traceback)
     done = subprocess.run([sys.executable, "-m", "paraflow_hpc", "report", str(bench), "--out", str(bench)],
                           capture_output=True, text=True, env=mpi_env(), timeout=120)

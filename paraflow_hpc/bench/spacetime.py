@@ -116,9 +116,9 @@ def message_seconds(comm_time, vec) -> float:
     return comm_time.bcast(seconds, root=0)
 
 
-def run_layout(comm, cfg: Config, space_ranks: int, coarse_grid_factor: int = 1) -> dict:
+def run_layout(comm, cfg: Config, space_ranks: int, coarse_grid_factor: int = 1) -> tuple[dict, dict]:
     """One layout: space-only sequential fine (P = 1) or space-time Parareal (P > 1), G on the grid
-    coarsened by ``coarse_grid_factor``."""
+    coarsened by ``coarse_grid_factor``. Returns (its table row, the PETSc types G and F used)."""
     run_cfg = cfg.run_config(space_ranks, coarse_grid_factor)
     r = run_cfg.resolved()
     layout = runner.layout_of(comm, space_ranks)
@@ -157,13 +157,14 @@ def run_layout(comm, cfg: Config, space_ranks: int, coarse_grid_factor: int = 1)
         row.update(iterations=k, seconds=seconds, error=result.errors[-1], tau_fine=tau_f, tau_coarse=tau_g,
                    tau_message=tau_msg,
                    model_seconds=cfg.intervals * tau_g + k * m * (tau_f + tau_g) + (k + 1) * (p - 1) * tau_msg)
+    solvers = {**coarse.solver_types(), **fine.solver_types()}
     for obj in (coarse, fine, problem):
         obj.destroy()
     for v in [u0, *reference]:
         v.destroy()
     comm_time.Free()
     comm_space.Free()
-    return row
+    return row, solvers
 
 
 def markdown(rows: list[dict], cfg: Config) -> str:
@@ -223,7 +224,7 @@ def main(cfg: Config, comm) -> int:
     rows = []
     for s in sorted(cfg.space_ranks, reverse=True):
         for factor in cfg.factors(s, comm.size):
-            row = run_layout(comm, cfg, s, factor)
+            row, solvers = run_layout(comm, cfg, s, factor)   # the same types in every layout
             progress(f"P = {row['time_groups']} x S = {row['space_ranks']}"
                      + (f", G on {row['coarse_nx']} x {row['coarse_ny']}" if factor > 1 else "")
                      + f": K = {row['iterations']}, {row['seconds']:.3f} s (model {row['model_seconds']:.3f} s)")
@@ -235,7 +236,7 @@ def main(cfg: Config, comm) -> int:
         r["space_efficiency"] = tau_f1 / (r["space_ranks"] * r["tau_fine"])
     with collective(comm, f"writing result {cfg.output}"):
         write_result(comm, cfg.output, method="bench-spacetime", config=cfg.as_dict(),
-                     data={k: np.array([r[k] for r in rows], dtype=float) for k in rows[0]})
+                     data={k: np.array([r[k] for r in rows], dtype=float) for k in rows[0]}, attrs=solvers)
     table = markdown(rows, cfg)
     path = cfg.write_table(comm, table)
     if comm.rank == 0:
