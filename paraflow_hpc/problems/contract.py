@@ -463,7 +463,7 @@ def _check_members(spec: str, kind: str, problem) -> None:
     if missing:
         raise ConfigError(f"problem {spec!r} ({type(problem).__name__}) lacks {', '.join(missing)} of the "
                           f"{METHODS[kind]} contract (paraflow_hpc.problems.contract.{PROTOCOLS[kind].__name__}); "
-                          "add them, or subclass the built-in base class")
+                          f"add them, or subclass {CONSTRUCTED[kind][2] if kind in CONSTRUCTED else 'the built-in base class'}")
 
 
 # --- probing ------------------------------------------------------------------------------------
