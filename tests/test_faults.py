@@ -126,6 +126,18 @@ def test_spacetime_nan_from_a_speculative_fine_solve_keeps_a_finite_checkpoint(t
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("reference", ["true", "false"])
+def test_spacetime_nan_on_one_space_rank_only_is_never_a_result(tmp_path, reference):
+    """One point of one non-first space rank's part turns NaN: every norm must see it (exit 4, no
+    result), not only those of the rank that reduces first (was exit 0 with NaN in /solution/u)."""
+    proc = run_script(4, "fail_on_one_rank.py", "point_nan_after", 3, "--", "run", "spacetime", "--nx", "8",
+                      "--intervals", "4", "--space-ranks", "2", "--tol", "5e-3", "--reference", reference,
+                      "--quiet", "--output", tmp_path / "r.h5", timeout=120, check=False)
+    assert proc.returncode == 4 and not (tmp_path / "r.h5").exists(), proc.stderr
+    assert proc.stderr.count("error: ") == 1 and "non-finite" in proc.stderr, proc.stderr
+
+
+@pytest.mark.mpi
 @pytest.mark.parametrize("nranks", [1, 2])
 def test_spacetime_unconverged_exits_4_with_the_iterate_written(tmp_path, nranks):
     proc = run_cli(nranks, ["run", "spacetime", "--nx", "6", "--intervals", "4", "--tol", "0", "--k-max", "1",

@@ -12,8 +12,8 @@ G and F are callables ``prop(u_in, t0, t1, out)`` on Vecs (PETSc TS: ``propagato
 
 The pieces of a state travel without PETSc: rank (t, s) sends the raw local array of U_b to
 rank (t + 1, s) on ``comm_time``; every time group has the same DMDA layout, so rank s of the
-next group owns exactly the same grid points. Norms are global over space first (a Vec norm,
-collective on ``comm_space``, identical on the S ranks), then the maximum over time groups
+next group owns exactly the same grid points. Norms are global over space first (:func:`max_norm`,
+collective on ``comm_space``, identical on the S ranks, a NaN on any rank kept), then the maximum over time groups
 (an allreduce on ``comm_time``), so every one of the P·S ranks takes the same decisions.
 The schedule (speculative fine solves while the convergence reduction is in flight) is the
 one of ``parareal.py``.
@@ -90,10 +90,13 @@ def new_state(k: int, template, m: int) -> SpaceTimeState:
     return SpaceTimeState(k, zero_vecs(template, m + 1), zero_vecs(template, m), zero_vecs(template, m))
 
 
-def _norm_inf(vec) -> float:
-    from petsc4py import PETSc
-
-    return float(vec.norm(PETSc.NormType.INFINITY))
+def max_norm(vec) -> float:
+    """max |v_i| over the whole distributed Vec (collective on its communicator); inf if any entry on
+    any rank is NaN or inf. Not VecNorm: its MPI_MAX reduction may drop a NaN that only a rank
+    other than the first holds, and a NaN that no norm sees would be reported as a result."""
+    arr = vec.getArray(readonly=True)
+    local = float(np.max(np.abs(arr))) if arr.size else 0.0
+    return vec.getComm().tompi4py().allreduce(local if np.isfinite(local) else np.inf, op=MPI.MAX)
 
 
 def _recv(comm_time, vec, source: int) -> None:
@@ -181,7 +184,7 @@ def parareal_st(comm_time, coarse: Callable, fine: Callable, u0, times: np.ndarr
         worst = 0.0
         for u, r in zip(state.boundaries[1:], reference[1:]):
             new.waxpy(-1.0, r, u)
-            e = _norm_inf(new)
+            e = max_norm(new)
             worst = max(worst, e) if np.isfinite(e) else np.inf   # Python's max drops a NaN
         return worst
 
@@ -213,7 +216,7 @@ def parareal_st(comm_time, coarse: Callable, fine: Callable, u0, times: np.ndarr
                 new.axpy(1.0, g)
                 g.copy(state.coarse_old[i])
             U[i + 1].aypx(-1.0, new)  # U_{n+1} := new − U_{n+1}, the update, then U_{n+1} := new
-            change = _norm_inf(U[i + 1])
+            change = max_norm(U[i + 1])
             jump = max(jump, change) if np.isfinite(change) else np.inf
             new.copy(U[i + 1])
         if not last and b >= k:

@@ -19,6 +19,9 @@ Usage: fail_on_one_rank.py WHERE RANK -- CLI ARGS. WHERE is one of
                      solve of the space-time run, while the other space ranks wait in TSSolve)
   fine_nan_at        on every rank of time group 1 (world ranks S .. 2S - 1), the RANK-th call of the fine
                      TS propagator returns NaN (a failed speculative F solve, space-time)
+  point_nan_after    on RANK only, from the 6th coarse TS call on, one point of that rank's part of the
+                     output is NaN (a NaN that only a non-first space rank holds: VecNorm's MPI_MAX may
+                     drop it)
   disk_full          on RANK, the file system reports 1000 bytes free (shutil.disk_usage)
   rhs_nan_after      on EVERY rank, the right-hand side returns NaN after RANK calls (a diverging F
                      in a later iteration, after checkpoints were written)
@@ -95,6 +98,18 @@ elif where == "fine_nan_at":
                 if calls["n"] == rank:
                     out.set(float("nan"))
         propagators_petsc.TSPropagator.__call__ = nan_once
+elif where == "point_nan_after" and me == rank:
+    from paraflow_hpc import propagators_petsc
+    solve = propagators_petsc.TSPropagator.__call__
+
+    def nan_point(self, u_in, t0, t1, out):
+        solve(self, u_in, t0, t1, out)
+        if self.prefix == "coarse_":
+            calls["n"] += 1
+            if calls["n"] > 5:
+                with out as arr:
+                    arr[-1] = float("nan")
+    propagators_petsc.TSPropagator.__call__ = nan_point
 elif where == "disk_full" and me == rank:
     import collections
     import shutil
