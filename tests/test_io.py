@@ -127,3 +127,17 @@ def test_a_zombie_writer_is_not_alive():
     assert os.path.exists(f"/proc/{child.pid}")               # still in the process table
     child.wait()
     assert pid_alive(os.getpid())
+
+
+@pytest.mark.mpi
+def test_a_sealed_checkpoint_left_between_renames_survives_a_restart_onto_itself(tmp_path):
+    """--restart and --checkpoint the same file (a requeued job): the run's clean-up of leftover
+    temporaries must not delete the complete checkpoint a killed writer had not yet renamed."""
+    ck = tmp_path / "ck.h5"
+    args = ["run", "parareal", "--problem", "lorenz", "--intervals", "8", "--coarse-steps", "10",
+            "--fine-steps", "200", "--tol", "0", "--checkpoint-every", "1", "--checkpoint", str(ck)]
+    run_cli(2, [*args, "--quiet", "--output", str(tmp_path / "a.h5")], timeout=120)
+    os.replace(ck, str(ck) + ".partial-999999999")   # killed after rotating .prev, before the last rename
+    done = run_cli(2, [*args, "--restart", str(ck), "--output", str(tmp_path / "b.h5")], timeout=120)
+    assert "recovered the complete checkpoint" in done.stdout, done.stdout
+    assert "restarting from" in done.stdout and "after iteration 7" in done.stdout, done.stdout

@@ -77,7 +77,7 @@ def _remove_stale_temporaries(path: str) -> None:
                 pass
 
 
-def _recover_sealed(path: str) -> str | None:
+def recover_sealed(path: str) -> str | None:
     """A writer killed between its two renames (``_seal``) leaves no ``path``, the old checkpoint
     as ``.prev`` and the new one, complete and sealed, as ``<path>.partial-<pid>``: that one is
     the last complete checkpoint, so it is renamed into place (the newest whose checksum holds).
@@ -435,7 +435,7 @@ def _check_fields(group, datasets: dict, fields: dict) -> None:
 def _verify_on_root(comm, path: str, kind: str, expect: dict, spec, meta_types, nranks=None, warn=True,
                     fields=None):
     """Rank 0: the first usable candidate of (path, path.prev) opened, or None and the error."""
-    recovered = _recover_sealed(path)
+    recovered = recover_sealed(path)
     if recovered:
         print(f"note: {recovered}", flush=True)
     notes = []

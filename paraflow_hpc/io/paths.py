@@ -13,7 +13,9 @@ and exit code 2 on all ranks, never a hang in a parallel open:
 - ``<output>.lock`` is created with ``O_CREAT | O_EXCL``: a second run writing the same output
   at the same time refuses. A lock left by a killed run is taken over when its process is gone
   (same host) or it belongs to the same Slurm job (a requeue); otherwise the message says to
-  delete it. Leftover ``<file>.partial-<pid>`` files of killed runs are removed under the lock.
+  delete it. Leftover ``<file>.partial-<pid>`` files of killed runs are removed under the lock,
+  except a complete, sealed checkpoint whose writer was killed between its two renames: that one
+  becomes the checkpoint (``checkpoint.recover_sealed``).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import secrets
 import socket
 import stat
 
-from .checkpoint import MAGIC, TRAILER
+from .checkpoint import MAGIC, TRAILER, recover_sealed
 from .files import pid_alive
 
 
@@ -212,6 +214,9 @@ def agree_paths(comm, cfg, progress=print) -> OutputLock | None:
         if error is None:
             if os.path.exists(cfg.output):
                 notes.append(f"--overwrite: {cfg.output} will be replaced when this run completes")
+            recovered = recover_sealed(cfg.checkpoint)   # a complete checkpoint, only not yet renamed
+            if recovered:
+                notes.append(recovered)
             for base in (cfg.output, cfg.checkpoint):
                 for left in glob.glob(glob.escape(base) + ".partial-*"):
                     os.remove(left)

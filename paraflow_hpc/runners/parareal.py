@@ -161,8 +161,9 @@ def main(cfg: Config, comm) -> int:
     fine_calls = comm.allgather(result.fine_calls)
     tau_f = comm.allreduce(timings.get("fine", 0.0)) / max(1, sum(fine_calls))
     tau_g = comm.allreduce(timings.get("coarse", 0.0)) / max(1, comm.allreduce(result.coarse_calls))
-    bound = cfg.intervals * tau_f / model_seconds(cfg.intervals, tau_f, tau_g, result.iterations + 1, max(fine_calls),
-                                                cfg.pipelined)
+    model = model_seconds(cfg.intervals, tau_f, tau_g, result.iterations + 1, max(fine_calls), cfg.pipelined)
+    # a segment that only finishes a restarted run may have made no propagator call: no bound to give
+    bound = cfg.intervals * tau_f / model if model > 0 else float("nan")
     speedup = serial_seconds / parareal_seconds
     counters = {"fine_calls": int(total[0]), "coarse_calls": int(total[1]), "rhs_evaluations": int(total[2])}
     write_result(
