@@ -89,6 +89,15 @@ def _unwritten(f, name, directory):
     f.create_dataset(name, shape=shape, dtype=dtype, fillvalue=float("nan"))
 
 
+def _partly_chunked(f, name, directory):
+    """``name`` re-created chunked with only its first chunk written (the rest reads as NaN)."""
+    data = f[name][()]
+    del f[name]
+    ds = f.create_dataset(name, shape=data.shape, dtype=data.dtype, chunks=(1,) + data.shape[1:],
+                          fillvalue=float("nan"))
+    ds[0] = data[0]
+
+
 def _external(f, name, directory):
     del f[name]
     f[name] = h5py.ExternalLink(str(other_file(directory)), "x")
@@ -118,6 +127,7 @@ CHECKPOINT_EDITS = {
     "external link": (lambda f, d: _external(f, "rank_00000/boundaries", d), "is an external link"),
     "external storage": (lambda f, d: _external_storage(f, "rank_00000/boundaries", d), "external raw files"),
     "unwritten dataset": (lambda f, d: _unwritten(f, "rank_00000/boundaries", d), "was never (completely) written"),
+    "partly written chunks": (lambda f, d: _partly_chunked(f, "rank_00000/boundaries", d), "is chunked"),
     "extra group": (lambda f, d: f.create_group("evil"), "are not /root and /rank_00000"),
 }
 
@@ -154,6 +164,10 @@ def test_spacetime_checkpoint_without_a_layout_record_restarts(tmp_path):
         done = run_cli(2, [*args, "--restart", bad, "--output", tmp_path / f"{case}.h5"], check=False, timeout=120)
         assert done.returncode == 0, done.stderr
         assert "(written on a layout it does not record, read into this layout)" in done.stdout, done.stdout
+    # an iteration count that its history contradicts (an edited file) would end "converged" on a wrong state
+    bad = crafted_checkpoint(ck, tmp_path, lambda f, d: _meta(f, iteration=4))
+    refused(run_cli(2, [*args, "--restart", bad, "--output", tmp_path / "k.h5"], check=False, timeout=120),
+            "it holds iteration 4 but 3 updates and 4 errors in its history")
 
 
 @pytest.mark.mpi

@@ -9,7 +9,7 @@ read, with a :class:`SchemaError` naming the object and what is wrong.
 
 What paraflow_hpc writes, and so all that is accepted: groups and datasets linked by hard
 links; datasets of fixed-size numeric (bool, int, uint, float, complex) or fixed-length byte
-string dtypes, unfiltered, with all their data stored inside the file (no external raw storage,
+string dtypes, contiguous, with all their data stored inside the file (no external raw storage,
 no unallocated data read as the fill value; ``nbytes <= file size``); attributes of those dtypes or variable-length UTF-8 strings.
 """
 from __future__ import annotations
@@ -93,6 +93,9 @@ def check_tree(f: h5py.File, file_size: int) -> dict[str, h5py.Dataset]:
             plist = obj.id.get_create_plist()
             if plist.get_nfilters():
                 raise SchemaError(f"/{path} is compressed or filtered; paraflow_hpc writes plain datasets")
+            if plist.get_layout() not in (h5py.h5d.CONTIGUOUS, h5py.h5d.COMPACT):
+                # chunked: a partly written one reads its missing chunks as the fill value, unnoticed
+                raise SchemaError(f"/{path} is chunked; paraflow_hpc writes contiguous datasets")
             if plist.get_external_count():
                 raise SchemaError(f"/{path} keeps its data in external raw files (outside this file and its "
                                   "checksum); paraflow_hpc files hold only their own data")

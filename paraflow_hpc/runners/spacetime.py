@@ -346,7 +346,12 @@ def main(cfg: Config, comm) -> int:
             for vec, box in zip(reference, arrays.pop("reference")):
                 with vec as arr:
                     arr[:] = box.reshape(-1)
-        if meta["iteration"] > 0:  # else a checkpoint of the reference sweep: Parareal starts afresh
+        k = int(meta["iteration"])
+        if (len(root["jumps"]), len(root["errors"])) != ((k, k + 1) if k > 0 else (0, 0)):
+            raise CheckpointError(f"checkpoint {cfg.restart!r} is refused: it holds iteration {k} but "
+                                  f"{len(root['jumps'])} updates and {len(root['errors'])} errors in its history "
+                                  f"(a consistent one has {k} and {k + 1 if k else 0}); it was edited")
+        if k > 0:  # else a checkpoint of the reference sweep: Parareal starts afresh
             resume = new_state(int(meta["iteration"]), u0, b - a)
             resume.load_arrays({name: box.reshape(len(box), -1) for name, box in arrays.items()})
             resume.jumps, resume.errors = list(root["jumps"]), list(root["errors"])
