@@ -25,7 +25,7 @@ from __future__ import annotations
 import ctypes
 import shlex
 
-from .petsc_options import option_names, petsc
+from .petsc_options import is_number, option_names, petsc
 
 TS_TYPES = ("beuler", "cn", "theta", "bdf", "arkimex", "rosw")
 
@@ -319,7 +319,7 @@ def check_options(PETSc, ts_types: dict[str, str], space_ranks: int) -> str | No
     The options are read under a private copy of the prefix (``check<prefix>``), so the flags by
     which :func:`unused_options` tells which options G and F read stay untouched.
     """
-    pairs = [(n, v) for n, v in sorted(PETSc.Options().getAll().items()) if n.startswith(tuple(ts_types))]
+    pairs = [(n, v) for n, v in sorted(PETSc.Options().getAll().items()) if n.lower().startswith(tuple(ts_types))]
     solvers = {v for k, v in vars(PETSc.Mat.SolverType).items() if not k.startswith("_")}
     for name, value in pairs:
         if name.endswith("_type") and not value:
@@ -401,8 +401,16 @@ def check_options(PETSc, ts_types: dict[str, str], space_ranks: int) -> str | No
 
 def prefixed_options(PETSc, prefixes: tuple[str, ...]) -> dict[str, str]:
     """``{name: value}`` of every option in PETSc's database (from the command line, PETSC_OPTIONS,
-    .petscrc or set here) whose name starts with one of ``prefixes``."""
-    return {name: str(value) for name, value in sorted(PETSc.Options().getAll().items()) if name.startswith(prefixes)}
+    .petscrc or set here) whose name starts with one of ``prefixes`` and that can change a solution:
+    names in lower case (PETSc reads them so), numbers as floats (1e-3 = 0.001), monitors and viewers
+    left out."""
+    options = {name.lower(): repr(float(value)) if value is not None and is_number(value) else str(value)
+               for name, value in PETSc.Options().getAll().items()}
+    return {name: value for name, value in sorted(options.items())
+            if name.startswith(prefixes) and not any(word in name for word in OBSERVING)}
+
+
+OBSERVING = ("monitor", "view", "converged_reason", "log")   # options that only report on a solve
 
 
 def unused_options(names: list[str]) -> list[str] | None:

@@ -182,6 +182,12 @@ def test_spacetime_restart_with_other_petsc_options_from_the_environment_is_refu
     refused(done, "was written with other PETSc options for G and F: -fine_ksp_rtol 1e-12 there, (unset) now")
     assert not (tmp_path / "b.h5").exists()
     run_cli(2, [*args, "--restart", ck, "--output", tmp_path / "c.h5"], env=env, timeout=120)   # the same: resumes
+    # the same options in other case and number format, plus a viewer: the same solver, so it resumes
+    same = {"PETSC_OPTIONS": "-FINE_KSP_TYPE gmres -Fine_PC_Type jacobi -fine_ksp_rtol 1.0e-12 -fine_ksp_view"}
+    run_cli(2, [*args, "--restart", ck, "--output", tmp_path / "d.h5"], env=same, timeout=120)
+    bad = crafted_checkpoint(ck, tmp_path, lambda f, d: _meta(f, petsc_options=["x"]))
+    refused(run_cli(2, [*args, "--restart", bad, "--output", tmp_path / "e.h5"], env=env, check=False, timeout=120),
+            "meta entry 'petsc_options' = ['x'] is not a table of options")
 
 
 def test_crafted_checkpoint_falls_back_to_previous(tmp_path, checkpoint):

@@ -448,6 +448,13 @@ MORE_PDES = textwrap.dedent("""
             return u.ravel()
 
 
+    class Idiom(MyPDE):
+        \"\"\"The usual way to extend a constructor: everything passed on.\"\"\"
+        def __init__(self, comm, *args, **kwargs):
+            super().__init__(comm, *args, **kwargs)
+            self.extended = True
+
+
     class Neumann(MyPDE):
         boundary = "neumann"
 
@@ -527,6 +534,14 @@ def test_user_problem_with_wrong_arrays_ends_every_rank_with_one_message(tmp_pat
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and f"problem '{spec}'" in lines[0], proc.stderr  # agreed, printed once
     assert "Traceback" not in proc.stderr and not (tmp_path / "bad.h5").exists()
+
+
+def test_user_problem_whose_constructor_passes_everything_on(tmp_path):
+    """__init__(self, comm, *args, **kwargs) passing all to DMDAProblem takes ownership_ranges (for G's
+    coarse grid) in its **kwargs: not mistaken for a problem parameter (was refused)."""
+    spec = user_pdes(tmp_path) + ":Idiom"
+    run_cli(2, ["run", "spacetime", "--problem", spec, "--problem-args", "nu=0.5", "--nx", "7", "--intervals", "4",
+                "--coarse-grid-factor", "2", "--quiet", "--output", tmp_path / "r.h5"], timeout=120)
 
 
 @pytest.mark.parametrize("name, args, message", [

@@ -436,7 +436,9 @@ def load_class(spec: str, kind: str, args: dict | None = None):
                           f"--problem-args, and let a constructor of your own take {', '.join(keywords)} and pass it on to "
                           f"{base.rsplit('.', 1)[-1]}.__init__") from None
     var_keyword = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
-    params = bound.arguments.get(var_keyword[0], {}) if var_keyword else {}
+    # the method's own keywords (ownership_ranges) may land in a **kwargs that passes them on
+    params = {k: v for k, v in (bound.arguments.get(var_keyword[0], {}) if var_keyword else {}).items()
+              if k not in keywords}
     if params and hasattr(cls, "check_parameters"):
         try:
             cls.check_parameters(params)

@@ -550,6 +550,9 @@ def _unused_hint(unused: list[str]) -> str:
 def _check_solver_options(written: dict | None, current: dict, path: str) -> None:
     """Refuse (on every rank alike: the meta is broadcast) a checkpoint whose G and F read other PETSc
     options than this run's, e.g. after PETSC_OPTIONS or a .petscrc changed between the runs."""
+    if written is not None and not isinstance(written, dict):
+        raise CheckpointError(f"checkpoint {path!r} is refused: meta entry 'petsc_options' = {written!r} is not a "
+                              "table of options; it was edited")
     if written is None or written == current:
         return
     changed = sorted(k for k in set(written) | set(current) if written.get(k) != current.get(k))
