@@ -236,7 +236,7 @@ def main(cfg: Config, comm) -> int:
         r["space_efficiency"] = tau_f1 / (r["space_ranks"] * r["tau_fine"])
     with collective(comm, f"writing result {cfg.output}"):
         write_result(comm, cfg.output, method="bench-spacetime", config=cfg.as_dict(),
-                     data={k: np.array([r[k] for r in rows], dtype=float) for k in rows[0]}, attrs=solvers)
+                     data={k: np.array([r[k] for r in rows]) for k in rows[0]}, attrs=solvers)   # counts stay ints
     table = markdown(rows, cfg)
     path = cfg.write_table(comm, table)
     if comm.rank == 0:
