@@ -147,6 +147,8 @@ def parse_mapping(name: str, raw) -> dict:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"{name} = {text!r}: {item!r} is not key=value; write k=v,k=v or a JSON object")
+        if key.strip() in out:   # k=1,k=2: one of them is a slip
+            raise ConfigError(f"{name} = {text!r} gives {key.strip()!r} twice; give each key once")
         out[key.strip()] = _scalar(value.strip())
     return out
 

@@ -560,6 +560,8 @@ def test_user_problem_whose_constructor_passes_everything_on(tmp_path):
     ("{file}:Decay", [], "missing a required argument: 'rate'"),
     ("{file}:NoRanges", [], "unexpected keyword argument 'ownership_ranges'"),
     ("heat2d", ["--problem-args", "eps=0.1"], "Heat2D has no parameter 'eps'"),
+    ("heat2d", ["--problem-args", "nu=1,nu=2"], "problem_args = 'nu=1,nu=2' gives 'nu' twice"),
+    ("heat2d", ["--problem-args", "tf=0.5", "--tf", "0.2"], "tf = 0.2 and problem_args tf = 0.5 disagree"),
 ])
 def test_bad_user_problem_is_refused_before_any_work(tmp_path, name, args, message):
     proc = _expect_bad_input(2, ["--problem", name.format(file=user_pdes(tmp_path)), *args], message, tmp_path)

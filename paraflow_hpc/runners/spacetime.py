@@ -151,6 +151,9 @@ class Config(RunConfig):
         span = {}
         for key in ("t0", "tf"):
             value = getattr(self, key)
+            if value is not None and key in self.problem_args and not _same_number(self.problem_args[key], value):
+                raise ConfigError(f"{key} = {value} and problem_args {key} = {self.problem_args[key]!r} disagree; "
+                                  f"give the time span once (--{key} or --problem-args {key}=...)")
             if value is None:
                 value = self.problem_args.get(key, getattr(problem, key))
                 try:
@@ -191,6 +194,13 @@ class Config(RunConfig):
         n, grid = self.intervals, (self.ny or self.nx, self.nx)
         return {"boundaries": ((n + 1, *grid), "f"), "coarse_old": ((n, *grid), "f"), "fine": ((n, *grid), "f"),
                 **({"reference": ((n + 1, *grid), "f")} if self.reference else {})}
+
+
+def _same_number(raw, value: float) -> bool:
+    try:
+        return float(raw) == value
+    except (TypeError, ValueError):
+        return False
 
 
 WHOLE = ("boundaries", "reference")  # the checkpoint fields of N + 1 boundary values (the others: N subintervals)
