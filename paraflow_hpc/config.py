@@ -217,7 +217,9 @@ def build_config(cls, config_file: str | None, overrides: dict[str, object], com
             raise ConfigError(f"config file {config_file!r} is not UTF-8 text ({err.reason} at byte "
                               f"{err.start}); TOML files are UTF-8") from None
         except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"config file {config_file!r} is not valid TOML: {err}") from None
+            hint = ("; a key given twice, e.g. problem = \"...\" beside a [problem] table: put the spec inside "
+                    "the table as name = \"...\"" if "Cannot overwrite a value" in str(err) else "")
+            raise ConfigError(f"config file {config_file!r} is not valid TOML: {err}{hint}") from None
         values.update(data.pop(cls.method, {}) if isinstance(data.get(cls.method), dict) else {})
         values.update(data)
     if isinstance(values.get("problem"), dict):  # [problem] table: name = spec, the rest constructor arguments

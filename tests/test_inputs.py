@@ -333,6 +333,10 @@ def test_config_file_problems(tmp_path):
     refused(run_cli(2, ["run", "parareal", "--config", str(bad)], check=False, timeout=120), "is not UTF-8")
     refused(run_cli(2, ["run", "parareal", "--config", str(tmp_path)], check=False, timeout=120),
             "is a directory; give a TOML file")
+    twice = tmp_path / "twice.toml"
+    twice.write_text('problem = "lorenz"\n[problem]\nsigma = 10.0\n')
+    refused(run_cli(2, ["run", "parareal", "--config", str(twice)], check=False, timeout=120),
+            'put the spec inside the table as name = "..."')
     number = tmp_path / "number.toml"
     number.write_text("output = 5\n")
     refused(run_cli(2, ["run", "parareal", "--config", str(number)], check=False, timeout=120, cwd=tmp_path),
