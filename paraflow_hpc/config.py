@@ -119,6 +119,15 @@ def _scalar(text: str):
         return text
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object, refusing a key given twice (json.loads would keep the last silently)."""
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(map(repr, twice))} given twice")
+    return dict(pairs)
+
+
 def parse_mapping(name: str, raw) -> dict:
     """A table of arguments: a dict (TOML), a JSON object, or ``k=v,k=v`` (values read as JSON where
     they parse: ``a=1,u0=[1.5,3],lam="-1+2j"``; commas inside brackets belong to the value)."""
@@ -129,7 +138,7 @@ def parse_mapping(name: str, raw) -> dict:
         return {}
     if text.startswith("{"):
         try:
-            value = json.loads(text)
+            value = json.loads(text, object_pairs_hook=_unique_keys)
         except ValueError as err:
             raise ConfigError(f"{name} = {text!r} is not valid JSON ({err}); "
                               "e.g. '{\"a\": 1.0}' or a=1.0,b=2") from None

@@ -301,7 +301,7 @@ def insert_options(PETSc, options: str) -> list[str]:
 # TS types that take the problems' implicit form F(t, u, u') = 0 (an IFunction); explicit ones refuse it
 IMPLICIT_TS_TYPES = (*TS_TYPES, "alpha", "glle", "irk", "radau5")
 # PC types that solve exactly on their own, so that -X_ksp_type preonly (one application) is a solve
-EXACT_PCS = ("lu", "cholesky", "qr", "svd", "redundant")
+EXACT_PCS = ("lu", "cholesky", "qr", "svd")   # not redundant: its inner PC may be anything
 # factorizations with no parallel (MPIAIJ) implementation: on S > 1 space ranks PCSetUp fails
 SEQUENTIAL_PCS = ("ilu", "icc")
 PARALLEL_FACTOR_SOLVERS = ("superlu_dist", "mumps", "pastix", "strumpack", "mkl_cpardiso", "elemental", "scalapack")
@@ -385,7 +385,7 @@ def check_options(PETSc, ts_types: dict[str, str], space_ranks: int) -> str | No
         if ts_type not in IMPLICIT_TS_TYPES:
             return (f"-{p}ts_type {ts_type} is an explicit method, but the problems give PETSc the implicit form "
                     f"F(t, u, u') = 0; use an implicit one: {', '.join(IMPLICIT_TS_TYPES)}")
-        if ksp_type == "preonly" and pc_type not in EXACT_PCS:
+        if ksp_type in ("preonly", "none") and pc_type not in EXACT_PCS:   # "none": PETSc's alias
             return (f"-{p}pc_type {pc_type} with -{p}ksp_type preonly (the default, meant for a direct solve) "
                     "applies the preconditioner once instead of solving: a wrong answer, not a slow one; add a "
                     f"Krylov method, e.g. -{p}ksp_type gmres (cg for symmetric problems such as heat2d)")

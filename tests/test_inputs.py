@@ -169,6 +169,17 @@ def test_spacetime_checkpoint_without_a_layout_record_restarts(tmp_path):
     refused(run_cli(2, [*args, "--restart", bad, "--output", tmp_path / "k.h5"], check=False, timeout=120),
             "it holds iteration 4 but 3 updates and 4 errors in its history")
 
+    def nan_boundary(f, d):   # a boundary the last iteration does not recompute: it went into the result
+        field = f["fields/boundaries"][()]
+        field[1, 5, 5] = np.nan
+        f["fields/boundaries"][...] = field
+    bad = crafted_checkpoint(ck, tmp_path, nan_boundary)
+    refused(run_cli(2, [*args, "--restart", bad, "--output", tmp_path / "n.h5"], check=False, timeout=120),
+            "it holds non-finite values (NaN or inf)")
+    bad = crafted_checkpoint(ck, tmp_path, lambda f, d: _meta(f, petsc_options=None))
+    refused(run_cli(2, [*args, "--restart", bad, "--output", tmp_path / "p.h5"], check=False, timeout=120),
+            "meta entry 'petsc_options' = None is not a table of options")
+
 
 @pytest.mark.mpi
 def test_spacetime_restart_with_other_petsc_options_from_the_environment_is_refused(tmp_path):

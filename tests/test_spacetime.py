@@ -264,6 +264,8 @@ def _expect_bad_input(nranks, args, message, tmp_path):
     (["--petsc", "-fine_pc_type jacobi"], "-fine_pc_type jacobi with -fine_ksp_type preonly (the default, meant "
                                           "for a direct solve) applies the preconditioner once instead of solving"),
     (["--petsc", "-fine_ts_type rk"], "-fine_ts_type rk is an explicit method"),
+    (["--petsc", "-fine_ksp_type none -fine_pc_type jacobi"], "-fine_pc_type jacobi with -fine_ksp_type preonly"),
+    (["--petsc", "-fine_pc_type redundant -fine_redundant_pc_type jacobi"], "-fine_pc_type redundant with"),
     (["--petsc", "-coarse_ksp_type gmres -coarse_pc_type ilu"], "-coarse_pc_type ilu has no parallel implementation"),
     (["--petsc", "-fine_pc_factor_mat_solver_type petsc"], "-fine_pc_factor_mat_solver_type petsc factorizes on one"),
     (["--nx", "50000"], "= 2500000000 grid points: more than this PETSc's"),
@@ -561,6 +563,7 @@ def test_user_problem_whose_constructor_passes_everything_on(tmp_path):
     ("{file}:NoRanges", [], "unexpected keyword argument 'ownership_ranges'"),
     ("heat2d", ["--problem-args", "eps=0.1"], "Heat2D has no parameter 'eps'"),
     ("heat2d", ["--problem-args", "nu=1,nu=2"], "problem_args = 'nu=1,nu=2' gives 'nu' twice"),
+    ("heat2d", ["--problem-args", '{"nu": 1, "nu": 2}'], "'nu' given twice"),
     ("heat2d", ["--problem-args", "tf=0.5", "--tf", "0.2"], "tf = 0.2 and problem_args tf = 0.5 disagree"),
 ])
 def test_bad_user_problem_is_refused_before_any_work(tmp_path, name, args, message):

@@ -351,6 +351,11 @@ def main(cfg: Config, comm) -> int:
         meta, arrays, root = hook.load(cfg.restart, boxes)
         _check_solver_options(meta.get("petsc_options"), solver_options, cfg.restart)
         carried = _Totals.carried(meta, cfg)
+        # a non-finite value anywhere in the state (on any rank) would be carried into the result
+        finite = all(np.isfinite(a).all() for a in (*arrays.values(), *root.values()))
+        if not comm.allreduce(int(finite), op=MPI.MIN):
+            raise CheckpointError(f"checkpoint {cfg.restart!r} is refused: it holds non-finite values (NaN or inf), "
+                                  "which no run writes; it was edited or damaged")
         if reference is not None:
             reference_done = int(meta["reference_done"])
             for vec, box in zip(reference, arrays.pop("reference")):
@@ -557,13 +562,13 @@ def _unused_hint(unused: list[str]) -> str:
     return "; ".join(parts)
 
 
-def _check_solver_options(written: dict | None, current: dict, path: str) -> None:
+def _check_solver_options(written, current: dict, path: str) -> None:
     """Refuse (on every rank alike: the meta is broadcast) a checkpoint whose G and F read other PETSc
     options than this run's, e.g. after PETSC_OPTIONS or a .petscrc changed between the runs."""
-    if written is not None and not isinstance(written, dict):
+    if not isinstance(written, dict):   # every space-time checkpoint records them
         raise CheckpointError(f"checkpoint {path!r} is refused: meta entry 'petsc_options' = {written!r} is not a "
                               "table of options; it was edited")
-    if written is None or written == current:
+    if written == current:
         return
     changed = sorted(k for k in set(written) | set(current) if written.get(k) != current.get(k))
     raise CheckpointError(
