@@ -61,3 +61,20 @@ def run_cli(nranks: int, cli_args: list[str], **kwargs) -> subprocess.CompletedP
 def run_script(nranks: int, script: str, *args, **kwargs) -> subprocess.CompletedProcess:
     """Run ``tests/mpi_scripts/<script>`` under mpirun."""
     return run_mpi(nranks, [str(SCRIPTS / script), *args], **kwargs)
+
+
+def catches_sigusr1(pid: int) -> bool:
+    """The rank ``pid`` runs paraflow_hpc and has installed its SIGUSR1 handler. Between fork and
+    exec a child of mpirun is a copy of mpirun (its command line too), which catches SIGUSR1 to
+    forward it to every rank: a signal sent then reached ranks without a handler yet (exit 138),
+    hence the check that the process is the exec'd Python, not mpirun."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+        if os.path.basename(argv[0]) == b"mpirun" or b"paraflow_hpc" not in argv:
+            return False
+        with open(f"/proc/{pid}/status") as fh:
+            caught = int(next(line for line in fh if line.startswith("SigCgt:")).split()[1], 16)
+    except (FileNotFoundError, ProcessLookupError, StopIteration):   # not started or already gone
+        return False
+    return bool(caught >> (signal.SIGUSR1 - 1) & 1)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from conftest import ROOT, mpi_env, run_cli, run_script
+from conftest import ROOT, catches_sigusr1, mpi_env, run_cli, run_script
 from paraflow_hpc.algorithms.layer_parallel import train
 from paraflow_hpc.algorithms.paraflow import paraflow, paraflows
 from paraflow_hpc.algorithms.paso import OptimizerSpec, paso
@@ -353,12 +353,6 @@ LONG = ["run", "parareal", "--problem", "lorenz", "--intervals", "40", "--coarse
         "1000", "--tol", "0", "--reference", "false"]
 
 
-def _catches_sigusr1(pid: int) -> bool:
-    with open(f"/proc/{pid}/status") as fh:
-        caught = int(next(line for line in fh if line.startswith("SigCgt:")).split()[1], 16)
-    return bool(caught >> (signal.SIGUSR1 - 1) & 1)
-
-
 def test_sigusr1_in_the_first_moments_is_not_fatal(tmp_path):
     """One rank (a singleton): SIGUSR1 the moment its handler is installed, while numpy, torch and
     MPI are still being imported (before, the handler came ~0.5 s later: such a signal killed it)."""
@@ -368,7 +362,7 @@ def test_sigusr1_in_the_first_moments_is_not_fatal(tmp_path):
                             stderr=subprocess.PIPE, text=True)
     try:
         started = time.time()
-        while not _catches_sigusr1(proc.pid) and time.time() - started < 60:
+        while not catches_sigusr1(proc.pid) and time.time() - started < 60:
             time.sleep(0.002)
         proc.send_signal(signal.SIGUSR1)
         _, err = proc.communicate(timeout=120)

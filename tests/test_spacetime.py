@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, mpi_env, run_cli, run_script
+from conftest import ROOT, catches_sigusr1, mpi_env, run_cli, run_script
 
 pytestmark = pytest.mark.mpi
 
@@ -58,7 +58,7 @@ def run_st_stopped(tmp_path, layout, args, name, timeout=240):
         deadline = time.time() + timeout
         while time.time() < deadline:
             ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-            ready = [int(pid) for pid in ranks if _catches_sigusr1(int(pid))]
+            ready = [int(pid) for pid in ranks if catches_sigusr1(int(pid))]
             if ready:
                 os.kill(ready[-1], signal.SIGUSR1)
                 break
@@ -68,23 +68,6 @@ def run_st_stopped(tmp_path, layout, args, name, timeout=240):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def _catches_sigusr1(pid: int) -> bool:
-    """The rank ``pid`` runs paraflow_hpc and has installed its SIGUSR1 handler. Between fork and
-    exec a child of mpirun is a copy of mpirun (its command line too), which catches SIGUSR1 to
-    forward it to every rank: a signal sent then reached ranks without a handler yet (exit 138),
-    hence the check that the process is the exec'd Python, not mpirun."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            argv = fh.read().split(b"\0")
-        if os.path.basename(argv[0]) == b"mpirun" or b"paraflow_hpc" not in argv:
-            return False
-        with open(f"/proc/{pid}/status") as fh:
-            caught = int(next(line for line in fh if line.startswith("SigCgt:")).split()[1], 16)
-    except (FileNotFoundError, ProcessLookupError, StopIteration):   # not started or already gone
-        return False
-    return bool(caught >> (signal.SIGUSR1 - 1) & 1)
 
 
 def checkpoint_meta(path) -> dict:

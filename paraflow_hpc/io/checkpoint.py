@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import struct
 import time
 
@@ -37,14 +36,13 @@ import numpy as np
 from ..comm import AgreedError, collective
 from .boxes import (parallel_hdf5_available, read_parallel, read_scattered, row_blocks, write_gathered,
                     write_parallel)
-from .files import describe_arrays, fsync_dir, pid_alive, placeholders
+from .files import describe_arrays, fsync_dir, pid_alive, placeholders, require_room
 from .schema import SchemaError, check_tree, int_attr, text_attr
 
 SCHEMA_VERSION = 2
 CHUNK_BYTES = 64 * 2**20   # largest MPI message and HDF5 block; a test lowers it to check the chunking
 MAGIC = b"PARAFLOW-CKPT-v2"
 TRAILER = struct.Struct("<16sQ32s")   # magic, image length, SHA-256 of the image: 56 bytes
-SPACE_MARGIN = 2**20                  # HDF5 metadata on top of the arrays' bytes
 _STARTED = time.time()   # temporaries older than this process are not its own
 
 
@@ -172,14 +170,10 @@ def save_checkpoint(comm, path: str, kind: str, meta: dict, rank_arrays: dict[st
         if comm.rank == 0:
             need = sum(math.prod(shape) * np.dtype(dt).itemsize for lay in layouts for _, dt, shape in lay)
             need += sum(math.prod(shape) * box.itemsize for shape, _, box in boxes.values())
-            need += sum(a.nbytes for a in shared.values()) + SPACE_MARGIN
+            need += sum(a.nbytes for a in shared.values())
             try:
-                directory = os.path.dirname(os.path.abspath(path))
-                os.makedirs(directory, exist_ok=True)
-                _remove_stale_temporaries(path)
-                free = shutil.disk_usage(directory).free
-                if free < need:   # HDF5 1.10 may crash rather than fail when the disk fills up
-                    raise OSError(f"{need} bytes needed, {free} free on that file system")
+                _remove_stale_temporaries(path)   # before measuring: they may hold the room needed
+                require_room(path, need)
                 if not parallel:
                     f = h5py.File(tmp, "w")
                     _write_header(f, kind, comm.size, meta, shared, write=True)

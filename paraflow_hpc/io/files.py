@@ -1,15 +1,18 @@
 """Small file-system operations shared by checkpoints, results and the output lock.
 
 Durability (a rename is only as durable as the fsync of the file before it and of its directory
-after it), whether the process that owns a temporary or a lock is still alive, and the
+after it), room on the file system before a write, whether the process that owns a temporary or a lock is still alive, and the
 zero-memory placeholder arrays (from their description) with which ranks that hold no data join a
 collective HDF5 dataset creation.
 """
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
+
+SPACE_MARGIN = 2**20   # HDF5 metadata, attributes and timings on top of the arrays' bytes
 
 
 def fsync_file(path: str) -> None:
@@ -24,6 +27,16 @@ def fsync_file(path: str) -> None:
 def fsync_dir(path: str) -> None:
     """Flush the directory entry of ``path`` (after a rename into it)."""
     fsync_file(os.path.dirname(os.path.abspath(path)) or ".")
+
+
+def require_room(path: str, nbytes: int) -> None:
+    """Create ``path``'s directory and raise OSError unless its file system has room for ``nbytes``
+    of arrays plus SPACE_MARGIN: HDF5 1.10 may crash rather than fail when the disk fills up."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    need, free = nbytes + SPACE_MARGIN, shutil.disk_usage(directory).free
+    if free < need:
+        raise OSError(f"{need} bytes needed, {free} free on that file system")
 
 
 def pid_alive(pid: int) -> bool:

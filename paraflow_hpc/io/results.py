@@ -20,7 +20,6 @@ import datetime
 import json
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -33,9 +32,8 @@ from mpi4py import MPI
 from ..comm import AgreedError, allgather_per_rank, collective, mpi_library_version
 from . import boxes as _boxes
 from .boxes import parallel_hdf5_available, row_blocks
-from .files import describe_arrays, fsync_dir, fsync_file, placeholders
+from .files import describe_arrays, fsync_dir, fsync_file, placeholders, require_room
 
-SPACE_MARGIN = 2**20   # HDF5 metadata, attributes and timings on top of the arrays' bytes
 CHUNK_BYTES = 64 * 2**20   # largest MPI message / MPI-IO write; a test lowers it to check the blocks
 
 
@@ -153,19 +151,14 @@ def _check_space(comm, path: str, solution: dict, blocks: dict, history: dict, d
     """Collective: refuse, on every rank alike, to start a write the file system has no room for
     (HDF5 may crash rather than fail when the disk fills up mid-write)."""
     local = sum(a.nbytes for a in solution.values()) + sum(a.nbytes for _, _, a in blocks.values())
-    need = comm.allreduce(local) + SPACE_MARGIN
+    need = comm.allreduce(local)
     error = None
     if comm.rank == 0:
-        need += sum(a.nbytes for a in (*history.values(), *data.values()))
         try:
-            directory = os.path.dirname(os.path.abspath(path))
-            os.makedirs(directory, exist_ok=True)
-            free = shutil.disk_usage(directory).free
-            if free < need:
-                error = (f"could not write result {path!r}: {need} bytes needed, {free} free on that file system; "
-                         "free some space or choose another --output (a checkpoint, if any, is kept)")
+            require_room(path, need + sum(a.nbytes for a in (*history.values(), *data.values())))
         except OSError as err:
-            error = f"could not write result {path!r}: {err}"
+            error = (f"could not write result {path!r}: {err}; free some space or choose another --output (a "
+                     "checkpoint, if any, is kept)")
     error = comm.bcast(error, root=0)
     if error:
         raise ResultError(error)
